@@ -1,0 +1,217 @@
+"""Typed settings, loaded once at start-up from the environment (REPLICATOR_*) and from
+mounted secret files (REPLICATOR_SECRETS_DIR, one file per setting name).
+
+Secrets are `SecretStr`: their str() and repr() print '**********', so printing the settings,
+logging them or putting them in an error never reveals them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from replicator.errors import ConfigError
+
+StoreName = Literal["s3", "azure"]
+
+DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REPLICATOR_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
+    topics: Annotated[list[str], NoDecode] = Field(
+        default=["snds.reimbursements", "snds.prescriptions"],
+        description="Topics to replicate (comma-separated)",
+    )
+    schema_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="For a replicated topic whose name differs from the topic its schemas are "
+        "registered for in the registry file: JSON object {topic: registry topic}",
+    )
+    dead_letter_topic: str = Field(default="snds.dead-letter", description="Dead-letter topic")
+    group_id: str = Field(
+        default="replicator",
+        description="Consumer group sharing the partitions; each store's progress is "
+        "the group '<group_id>.<store>'",
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1_000, description="Consumer session timeout"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = Field(default=None, description="CA bundle for Kafka TLS")
+
+    # --- Stores ------------------------------------------------------------------------
+    stores: Annotated[list[StoreName], NoDecode] = Field(
+        default=["s3", "azure"], description="Stores written (comma-separated: s3, azure)"
+    )
+    s3_endpoint: str | None = Field(
+        default=None, description="S3 endpoint URL (Scaleway: https://s3.fr-par.scw.cloud)"
+    )
+    s3_region: str = "fr-par"
+    s3_bucket: str | None = None
+    s3_prefix: str = Field(
+        default="replicator", description="Key prefix the service owns in the bucket"
+    )
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_ca_bundle: Path | None = Field(default=None, description="CA bundle for HTTPS to S3")
+    azure_connection_string: SecretStr | None = None
+    azure_container: str | None = None
+    azure_prefix: str = Field(default="replicator", description="Blob name prefix the service owns")
+    azure_ca_bundle: Path | None = Field(default=None, description="CA bundle for HTTPS to Azure")
+    store_timeout_s: float = Field(default=10.0, gt=0, description="Per-request store timeout")
+    write_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a failing put is retried before the store "
+        "is marked down (it then catches up from Kafka when it answers again)",
+    )
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a down store is probed"
+    )
+
+    # --- Chunks ------------------------------------------------------------------------
+    chunk_max_records: int = Field(default=50_000, ge=1)
+    chunk_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    chunk_window_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Records whose timestamps fall in different windows "
+        "of this length never share a chunk",
+    )
+    flush_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="An open chunk older than this (wall clock) is cut, "
+        "so a quiet partition still reaches the stores",
+    )
+    codec: Literal["null", "deflate"] = "deflate"
+    deflate_level: int = Field(default=6, ge=0, le=9)
+
+    # --- Service -----------------------------------------------------------------------
+    schemas_dir: Path = DEFAULT_SCHEMAS_DIR
+    max_buffer_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Encoded bytes waiting for stores, all stores together; past it a "
+        "lagging store is dropped from the live stream and catches up from Kafka",
+    )
+    write_concurrency: int = Field(default=4, ge=1, le=64, description="Concurrent puts per store")
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod serves metrics on its own address
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "human", "auto"] = "auto"
+
+    @field_validator("topics", "stores", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _check_stores(self) -> Settings:
+        if not self.stores:
+            raise ValueError("at least one store must be enabled")
+        if len(set(self.stores)) != len(self.stores):
+            raise ValueError("a store is listed twice")
+        if "s3" in self.stores:
+            missing = [
+                name
+                for name in ("s3_endpoint", "s3_bucket", "s3_access_key", "s3_secret_key")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    "store s3 needs " + ", ".join("REPLICATOR_" + m.upper() for m in missing)
+                )
+        if "azure" in self.stores:
+            missing = [
+                name
+                for name in ("azure_connection_string", "azure_container")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    "store azure needs " + ", ".join("REPLICATOR_" + m.upper() for m in missing)
+                )
+        if self.dead_letter_topic in self.topics:
+            raise ValueError("the dead-letter topic cannot also be a replicated topic")
+        if self.kafka_sasl_mechanism and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "SASL needs REPLICATOR_KAFKA_SASL_USERNAME and REPLICATOR_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def schema_topic(self, topic: str) -> str:
+        """The topic name the registry knows this topic's schemas by."""
+        return self.schema_topics.get(topic, topic)
+
+    def progress_group(self, store: str) -> str:
+        return f"{self.group_id}.{store}"
+
+    def kafka_common(self) -> dict[str, Any]:
+        """librdkafka settings shared by every client (consumer, producer, admin)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            assert self.kafka_sasl_password is not None
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        return conf
+
+    def printable(self) -> dict[str, Any]:
+        """The settings as plain values for display; secrets masked."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                out[name] = "**********"
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load the settings or raise ConfigError with one readable message (no secret in it)."""
+    secrets_dir = os.environ.get("REPLICATOR_SECRETS_DIR")
+    if secrets_dir and not Path(secrets_dir).is_dir():
+        raise ConfigError(f"REPLICATOR_SECRETS_DIR={secrets_dir} is not a directory")
+    try:
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(part) for part in err["loc"])
+            name = f"REPLICATOR_{loc.upper()}" if loc else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
