@@ -1,0 +1,446 @@
+"""Health-data rules: NIR detection (direct identifiers) and impossible values."""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+
+from replicator.config import DEFAULT_SCHEMAS_DIR
+from replicator.schemas import PRESCRIPTIONS_TOPIC, REIMBURSEMENTS_TOPIC, SchemaRegistry
+from replicator.synthetic import SyntheticSource, random_nir
+from replicator.validation import (
+    MIN_DATE_DAYS,
+    Violation,
+    check_record,
+    find_direct_identifier,
+    find_nir,
+    nir_key_is_valid,
+)
+
+REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
+TOPICS = (REIMBURSEMENTS_TOPIC, PRESCRIPTIONS_TOPIC)
+
+# Valid NIRs (keys computed by hand: 97 - N mod 97)
+NIR = "185057800608491"  # 1 85 05 78 006 084 | 91
+NIR_SPACED = "1 85 05 78 006 084 91"
+NIR_2A = "185052A00608435"  # N = 1850519006084
+NIR_2B = "269122B03451228"  # N = 2691218034512
+NIR_PROVISIONAL = "769059912345606"  # sex 7 (provisional), born abroad (99)
+VALID_NIRS = (
+    NIR,
+    NIR_SPACED,
+    NIR_2A,
+    "1 85 05 2A 006 084 35",
+    "1 85 05 2a 006 084 35",
+    NIR_2B,
+    "2 69 12 2B 034 512 28",
+    NIR_PROVISIONAL,
+    "2690275123456 80",
+    "1\u00a085\u00a005\u00a078\u00a0006\u00a0084\u00a091",
+    "1\u202f85\u202f05\u202f78\u202f006\u202f084\u202f91",
+)
+
+
+def _key(first13: str) -> int:
+    """The NIR key by the other published formulation: for Corsica, take the number with
+    '20' in place of the department and subtract 1,000,000 (2A) or 2,000,000 (2B)."""
+    department = first13[5:7].upper()
+    if department in ("2A", "2B"):
+        number = int(first13[:5] + "20" + first13[7:]) - (
+            1_000_000 if department == "2A" else 2_000_000
+        )
+    else:
+        number = int(first13)
+    return 97 - number % 97
+
+
+def _good(topic: str, seed: int = 1, v2_share: float = 0.5) -> dict[str, Any]:
+    return SyntheticSource(seed, REGISTRY, v2_share=v2_share).next(topic)[1]
+
+
+# --- NIR: what is one -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nir", [NIR, NIR_2A, NIR_2B, NIR_PROVISIONAL])
+def test_test_nirs_have_valid_keys(nir: str) -> None:
+    assert _key(nir[:13]) == int(nir[13:])
+    assert nir_key_is_valid(nir)
+
+
+@pytest.mark.parametrize("nir", VALID_NIRS)
+def test_valid_nirs_are_found(nir: str) -> None:
+    match = find_nir(nir)
+    assert match is not None
+    assert (match.start, match.end) == (0, len(nir))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "patient {} vu le 3 mars",
+        "{}",
+        "nir:{};",
+        "({})",
+        "nir_{}_x",  # '_' is not alphanumeric: a token boundary
+        "{}\n",
+        "12 {} 34",  # digits separated by a space are other tokens
+        "x-{}-y",
+        "é {}",
+    ],
+)
+@pytest.mark.parametrize("nir", [NIR, NIR_SPACED, NIR_2A, "2 69 12 2B 034 512 28"])
+def test_nir_found_inside_text(text: str, nir: str) -> None:
+    value = text.format(nir)
+    match = find_nir(value)
+    assert match is not None
+    assert value[match.start : match.end] == nir
+
+
+def test_brief_example_has_a_wrong_key() -> None:
+    # "1 85 05 78 006 084 36", the example of the brief, has key 36 where 91 is right
+    assert find_nir("1 85 05 78 006 084 36") is None
+    assert find_nir("185057800608436") is None
+
+
+def _wrong_key(nir: str) -> str:
+    key = int(nir[-2:])
+    return nir[:-2] + f"{key % 97 + 1:02d}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _wrong_key(NIR),
+        _wrong_key(NIR_SPACED),
+        _wrong_key(NIR_2A),
+        _wrong_key(NIR_2B),
+        NIR[:-1],  # 14 digits
+        NIR + "1",  # 16 digits
+        "9" + NIR,  # 16 digits
+        "a" + NIR,  # glued to letters
+        NIR + "b",
+        "é" + NIR,  # glued to a non-ASCII letter
+        NIR + "x",
+        "0x" + NIR,
+        "deadbeef" + NIR + "cafe",  # inside a longer hex token
+        "185137800608491",  # month 13
+        "185007800608491",  # month 00
+        "585057800608491",  # sex 5
+        "185050000608491",  # department 00
+        "1850578006084 9 1",  # key split
+        "1  85 05 78 006 084 91",  # two separators
+        "1-85-05-78-006-084-91",  # dashes are not separators of a NIR here
+        "1.85.05.78.006.084.91",
+        "".join(chr(0xFF10 + int(c)) for c in NIR),  # full-width digits
+        "185052C00608435",  # not a Corsican department
+        "",
+        "1 85 05",
+    ],
+)
+def test_near_misses_are_not_nirs(text: str) -> None:
+    assert find_nir(text) is None
+
+
+def _with_key(first13: str) -> str:
+    return first13 + f"{_key(first13):02d}"
+
+
+def test_shape_rules_with_valid_keys() -> None:
+    """Which sex digits, months and departments count (each with a correct key)."""
+    for sex in "0123456789":
+        found = find_nir(_with_key(f"{sex}850578006084")) is not None
+        assert found == (sex in "123478"), sex
+    for month in range(100):
+        found = find_nir(_with_key(f"185{month:02d}78006084")) is not None
+        expected = 1 <= month <= 12 or month == 20 or 30 <= month <= 42 or month >= 50
+        assert found == expected, month
+    for department in [f"{n:02d}" for n in range(100)] + ["2A", "2B", "2a", "2b"]:
+        found = find_nir(_with_key(f"18505{department}006084")) is not None
+        assert found == (department != "00"), department
+    for department in ("2C", "AA", "A2"):
+        assert not any(find_nir(f"18505{department}006084{k:02d}") for k in range(100))
+
+
+def test_a_later_candidate_is_found_after_a_wrong_key() -> None:
+    text = f"{_wrong_key(NIR)} {NIR_2B}"
+    match = find_nir(text)
+    assert match is not None
+    assert text[match.start : match.end] == NIR_2B
+
+
+def test_random_valid_nirs_are_found_and_one_digit_off_are_not() -> None:
+    rng = random.Random(42)
+    for _ in range(5_000):
+        nir = random_nir(rng)
+        assert find_nir(nir) is not None, nir
+        assert find_nir(f"ref {nir}.") is not None
+        assert find_nir(_wrong_key(nir)) is None
+
+
+def test_random_hex_pseudonyms_give_no_false_positive() -> None:
+    """200,000 seeded SHA-256-sized pseudonyms: zero NIRs found, although many of them hold
+    a digit run of NIR shape (and some even one with a valid key): the token boundaries
+    are what keeps them out."""
+    rng = random.Random(20261126)
+    shape = re.compile(
+        r"(?=([123478][0-9]{2}(?:0[1-9]|1[0-2]|20|3[0-9]|4[0-2]|[5-9][0-9])"
+        r"(?:0[1-9]|[1-9][0-9])[0-9]{8}))"
+    )
+    shaped = keyed = 0
+    for _ in range(200_000):
+        pseudonym = f"{rng.getrandbits(256):064x}"
+        assert find_nir(pseudonym) is None
+        runs = shape.findall(pseudonym)
+        shaped += bool(runs)
+        keyed += any(nir_key_is_valid(run) for run in runs)
+    assert shaped > 200  # the sample does exercise the risk: about 3 in 1,000
+    print(f"NIR-shaped runs: {shaped}, with a valid key: {keyed}, found: 0")
+
+
+def test_random_hex_inside_text_gives_no_false_positive() -> None:
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = " ".join(f"{rng.getrandbits(128):032x}" for _ in range(4))
+        assert find_nir(text) is None
+
+
+def test_alphanumeric_shortcut_matches_the_regex_boundary() -> None:
+    """The fast path treats str.isalnum() like the regex's [^\\W_] (a token character)."""
+    token = re.compile(r"[^\W_]")
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        assert char.isalnum() == bool(token.match(char)), hex(code)
+
+
+# --- NIR: in every string field -----------------------------------------------------------
+
+
+def _string_fields(schema_id: int) -> list[str]:
+    schema = REGISTRY.get(schema_id)
+    names = []
+    for field in schema.parsed["fields"]:
+        kind = field["type"]
+        kinds = kind if isinstance(kind, list) else [kind]
+        if any(k == "string" or (isinstance(k, dict) and k.get("type") == "string") for k in kinds):
+            names.append(field["name"])
+    return names
+
+
+@pytest.mark.parametrize("schema_id", [1, 2, 3, 4])
+@pytest.mark.parametrize("nir", [NIR, NIR_SPACED, NIR_2A, "2 69 12 2B 034 512 28"])
+def test_nir_in_every_string_field_is_a_direct_identifier(schema_id: int, nir: str) -> None:
+    schema = REGISTRY.get(schema_id)
+    fields = _string_fields(schema_id)
+    assert len(fields) >= 6
+    source = SyntheticSource(schema_id, REGISTRY, v2_share=1.0 if schema.version == 2 else 0.0)
+    for name in fields:
+        _, record, got_schema = source.next(schema.topic)
+        assert got_schema.id == schema_id
+        for value in (nir, f"texte libre {nir} fin"):
+            record[name] = value
+            violation = check_record(schema.topic, record)
+            assert violation == Violation(
+                "direct_identifier", name, violation.detail if violation else ""
+            )
+            assert violation is not None
+            assert nir not in violation.detail and nir.replace(" ", "") not in violation.detail
+
+
+def test_nir_in_nested_and_unknown_fields() -> None:
+    record = _good(REIMBURSEMENTS_TOPIC)
+    cases: list[tuple[Any, str]] = [
+        (NIR, "future_note"),
+        ({"inner": {"deep": [1, "ok", f"x {NIR_2B}"]}}, "future_note{0}{0}[2]"),
+        ([None, {"a": NIR_SPACED}], "future_note[1]{0}"),
+        ({NIR: "value"}, "future_note{0}:key"),
+        (NIR.encode("ascii"), "future_note"),
+        ((f"{NIR_2A}",), "future_note[0]"),
+    ]
+    for value, path in cases:
+        violation = check_record(REIMBURSEMENTS_TOPIC, {**record, "future_note": value})
+        assert violation is not None
+        assert (violation.reason, violation.field) == ("direct_identifier", path)
+
+
+def test_direct_identifier_is_checked_before_invalid_values() -> None:
+    record = _good(PRESCRIPTIONS_TOPIC)
+    record["quantity"] = -1
+    record["pharmacy_id"] = NIR
+    violation = check_record(PRESCRIPTIONS_TOPIC, record)
+    assert violation is not None and violation.reason == "direct_identifier"
+
+
+def test_good_records_pass() -> None:
+    source = SyntheticSource(99, REGISTRY)
+    for _ in range(5_000):
+        for topic in TOPICS:
+            assert check_record(topic, source.next(topic)[1]) is None
+
+
+def test_renamed_topic_keeps_the_rules() -> None:
+    record = _good(PRESCRIPTIONS_TOPIC)
+    record["quantity"] = 0
+    violation = check_record("prod.snds.prescriptions", record)
+    assert violation is not None and violation.field == "quantity"
+
+
+# --- impossible values -------------------------------------------------------------------
+
+DAY = 1
+
+
+def _event_day(record: dict[str, Any]) -> int:
+    return int(record["event_time"]) // 86_400_000
+
+
+REIMBURSEMENT_CASES: list[tuple[str, Any, str]] = [
+    ("event_time", 0, "event_time"),
+    ("event_time", 5_000_000_000_000, "event_time"),
+    ("event_id", "not-a-uuid", "event_id"),
+    ("beneficiary_id", "ABCDEF" * 10 + "0123", "beneficiary_id"),  # uppercase
+    ("beneficiary_id", "a" * 63, "beneficiary_id"),
+    ("beneficiary_id", "Jean Dupont", "beneficiary_id"),
+    ("executor_id", "g" * 32, "executor_id"),
+    ("prescriber_id", "1" * 64, "prescriber_id"),
+    ("birth_year", 1889, "birth_year"),
+    ("birth_year", 2999, "birth_year"),
+    ("sex", 0, "sex"),
+    ("sex", 3, "sex"),
+    ("residence_department", "20", "residence_department"),
+    ("residence_department", "2C", "residence_department"),
+    ("residence_department", "96", "residence_department"),
+    ("residence_department", "977", "residence_department"),
+    ("residence_department", "075", "residence_department"),
+    ("care_start_date", MIN_DATE_DAYS - 1, "care_start_date"),
+    ("settlement_date", MIN_DATE_DAYS - 1, "settlement_date"),
+    ("prestation_nature", 999, "prestation_nature"),
+    ("prestation_nature", 10_000, "prestation_nature"),
+    ("act_code", "deqp003", "act_code"),
+    ("act_code", "DEQP03", "act_code"),
+    ("base_amount_cents", -1, "base_amount_cents"),
+    ("paid_amount_cents", -5, "paid_amount_cents"),
+    ("reimbursed_amount_cents", -5, "reimbursed_amount_cents"),
+    ("reimbursed_amount_cents", 10**9, "reimbursed_amount_cents"),
+    ("birth_year", "1980", "birth_year"),  # wrong type
+    ("care_start_date", "2026-01-01", "care_start_date"),
+]
+
+PRESCRIPTION_CASES: list[tuple[str, Any, str]] = [
+    ("cip13", "3400935955837", "cip13"),  # wrong check digit
+    ("cip13", "340093595583", "cip13"),  # 12 digits
+    ("cip13", "4006381333931", "cip13"),  # valid EAN-13, not a French drug
+    ("cip13", "34009359558\uff138", "cip13"),  # a full-width digit
+    ("atc_code", "N02BE", "atc_code"),
+    ("atc_code", "X02BE01", "atc_code"),
+    ("atc_code", "n02be01", "atc_code"),
+    ("quantity", 0, "quantity"),
+    ("quantity", -3, "quantity"),
+    ("dispensing_date", MIN_DATE_DAYS - 400, "dispensing_date"),
+    ("pharmacy_id", "f" * 31, "pharmacy_id"),
+    ("prescriber_id", "", "prescriber_id"),
+    ("base_amount_cents", -100, "base_amount_cents"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "field"), REIMBURSEMENT_CASES)
+def test_impossible_reimbursement_values(name: str, value: Any, field: str) -> None:
+    for seed in range(3):
+        record = _good(REIMBURSEMENTS_TOPIC, seed)
+        record[name] = value
+        violation = check_record(REIMBURSEMENTS_TOPIC, record)
+        assert violation is not None
+        assert (violation.reason, violation.field) == ("invalid_value", field)
+        if isinstance(value, str) and len(value) > 3:
+            assert value not in violation.detail
+
+
+@pytest.mark.parametrize(("name", "value", "field"), PRESCRIPTION_CASES)
+def test_impossible_prescription_values(name: str, value: Any, field: str) -> None:
+    for seed in range(3):
+        record = _good(PRESCRIPTIONS_TOPIC, seed)
+        record[name] = value
+        violation = check_record(PRESCRIPTIONS_TOPIC, record)
+        assert violation is not None
+        assert (violation.reason, violation.field) == ("invalid_value", field)
+
+
+def test_dates_relative_to_the_event_and_birth() -> None:
+    record = _good(REIMBURSEMENTS_TOPIC)
+    day = _event_day(record)
+    ok = dict(record, care_start_date=day + 1, settlement_date=day + 1)
+    # the event at any time of day: the next day is within the slack only if it starts
+    # at most 24 h after the event
+    ok["event_time"] = day * 86_400_000
+    assert check_record(REIMBURSEMENTS_TOPIC, ok) is None
+    assert check_record(REIMBURSEMENTS_TOPIC, dict(ok, settlement_date=day + 2)) == Violation(
+        "invalid_value", "settlement_date", "date starts more than 1 day after event_time"
+    )
+    late = dict(record, care_start_date=day + 2, settlement_date=day + 2)
+    assert _field(late) == "care_start_date"
+    swapped = dict(record, care_start_date=day, settlement_date=day - 1)
+    assert _field(swapped) == "settlement_date"
+    before_birth = dict(
+        record,
+        birth_year=2000,
+        care_start_date=date(1999, 12, 31).toordinal() - date(1970, 1, 1).toordinal(),
+    )
+    assert _field(before_birth) == "care_start_date"
+    record_2 = _good(PRESCRIPTIONS_TOPIC)
+    assert _field(dict(record_2, dispensing_date=_event_day(record_2) + 3)) == "dispensing_date"
+
+
+def _field(record: dict[str, Any]) -> str | None:
+    violation = check_record(REIMBURSEMENTS_TOPIC, record)
+    return None if violation is None else violation.field
+
+
+def test_reimbursed_may_equal_but_not_exceed_base_and_paid() -> None:
+    record = _good(REIMBURSEMENTS_TOPIC)
+    record.update(base_amount_cents=3000, paid_amount_cents=3500, reimbursed_amount_cents=3000)
+    assert check_record(REIMBURSEMENTS_TOPIC, record) is None
+    record.update(base_amount_cents=3000, paid_amount_cents=2000, reimbursed_amount_cents=2500)
+    assert _field(record) == "reimbursed_amount_cents"
+    record.update(base_amount_cents=0, paid_amount_cents=0, reimbursed_amount_cents=0)
+    assert check_record(REIMBURSEMENTS_TOPIC, record) is None
+
+
+def test_unknown_amount_fields_must_not_be_negative() -> None:
+    record = _good(PRESCRIPTIONS_TOPIC)
+    record["copayment_amount_cents"] = -1
+    assert check_record(PRESCRIPTIONS_TOPIC, record) == Violation(
+        "invalid_value", "copayment_amount_cents", "negative amount"
+    )
+
+
+def test_null_optional_fields_pass() -> None:
+    record = _good(REIMBURSEMENTS_TOPIC)
+    record.update(act_code=None, prescriber_id=None, care_setting=None)
+    assert check_record(REIMBURSEMENTS_TOPIC, record) is None
+
+
+def test_records_with_logical_types_applied() -> None:
+    """A record read with logical types (datetime / date objects) is judged the same."""
+    record = _good(REIMBURSEMENTS_TOPIC)
+    epoch = date(1970, 1, 1).toordinal()
+    logical = dict(
+        record,
+        event_time=datetime.fromtimestamp(record["event_time"] / 1000, UTC),
+        care_start_date=date.fromordinal(epoch + record["care_start_date"]),
+        settlement_date=date.fromordinal(epoch + record["settlement_date"]),
+    )
+    assert check_record(REIMBURSEMENTS_TOPIC, logical) is None
+    logical["care_start_date"] = date(1899, 12, 31)
+    assert _field(logical) == "care_start_date"
+    logical["care_start_date"] = datetime(2020, 1, 1, tzinfo=UTC)  # a datetime is not a date
+    assert _field(logical) == "care_start_date"
+    naive = dict(record, event_time=datetime(2026, 1, 1))
+    assert _field(naive) == "event_time"
+
+
+def test_find_direct_identifier_ignores_non_strings() -> None:
+    assert find_direct_identifier({"a": 185057800608491, "b": None, "c": 1.5, "d": True}) is None
