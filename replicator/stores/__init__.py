@@ -1,0 +1,1 @@
+"""Object stores: one module per store, all behind the small interface in `base`."""
