@@ -1,0 +1,246 @@
+"""Cut a partition's records into chunks, by rules that depend on the records only.
+
+A replay over the same records cuts the same way, so it computes the same keys:
+
+- count:  a chunk covers at most `max_records` offsets;
+- bytes:  its raw Avro bodies add up to at most `max_bytes` (a single larger record is alone);
+- window: its records' own timestamps fall in one window of `window_ms` (record time);
+- schema: its records share one writer schema id (one container file has one schema).
+
+Two cuts depend on something else and are made once, then followed by everyone:
+
+- flush:  an open chunk older than the flush interval (wall clock) is cut, so a quiet
+          partition still reaches the stores; the caller decides when (`flush`);
+- plan:   a cut already made (an object already in a store, or a cut this process made
+          earlier) is followed exactly: `CutPlan` holds them, and the chunker obeys it before
+          any rule. That is how a store catching up, a restart or a new owner of the
+          partition cut exactly as the objects already written.
+
+Chunks are contiguous: each starts where the previous one ended, and offsets the chunk holds
+no record for (dead-lettered records, transaction markers) are covered all the same.
+Pure logic: no clients, no clock of its own (the caller passes `now`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from replicator.container import RawRecord
+from replicator.keys import ChunkKey
+
+
+@dataclass(frozen=True)
+class ChunkRules:
+    max_records: int
+    max_bytes: int
+    window_ms: int
+    flush_interval_s: float
+
+
+@dataclass
+class Chunk:
+    topic: str
+    partition: int
+    first: int
+    last: int
+    records: list[RawRecord]
+    schema_id: int | None  # None when the chunk holds no record (all dead-lettered)
+    skipped: int  # offsets covered without a record in the chunk
+    reason: str  # why it was cut: count, bytes, window, schema, flush, plan, align, boundary
+
+    @property
+    def key(self) -> ChunkKey:
+        return ChunkKey(self.topic, self.partition, self.first, self.last)
+
+
+class PlanConflict(Exception):
+    """A cut that overlaps a known cut without matching it."""
+
+
+@dataclass
+class CutPlan:
+    """Known cuts of one partition: first offset -> last offset, non-overlapping."""
+
+    _ends: dict[int, int] = field(default_factory=dict)
+    _starts: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def end_for(self, first: int) -> int | None:
+        return self._ends.get(first)
+
+    def next_start_after(self, offset: int) -> int | None:
+        i = bisect.bisect_right(self._starts, offset)
+        return self._starts[i] if i < len(self._starts) else None
+
+    def overlapping(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Known cuts sharing an offset with [first, last]."""
+        out = []
+        i = bisect.bisect_right(self._starts, first) - 1
+        i = max(i, 0)
+        while i < len(self._starts) and self._starts[i] <= last:
+            start = self._starts[i]
+            end = self._ends[start]
+            if end >= first:
+                out.append((start, end))
+            i += 1
+        return out
+
+    def add(self, first: int, last: int) -> None:
+        """Record a cut; raise PlanConflict if it overlaps a different one."""
+        if self._ends.get(first) == last:
+            return
+        clash = self.overlapping(first, last)
+        if clash:
+            raise PlanConflict(f"cut {first}-{last} overlaps known cut(s) {clash}")
+        bisect.insort(self._starts, first)
+        self._ends[first] = last
+
+    def trim_below(self, offset: int) -> None:
+        """Forget cuts that end before `offset` (every store holds them)."""
+        keep = bisect.bisect_left(self._starts, offset)
+        while keep > 0 and self._ends[self._starts[keep - 1]] >= offset:
+            keep -= 1
+        for start in self._starts[:keep]:
+            del self._ends[start]
+        del self._starts[:keep]
+
+
+class PartitionChunker:
+    """The open chunk of one partition and the rules that cut it."""
+
+    def __init__(
+        self, topic: str, partition: int, rules: ChunkRules, start: int, plan: CutPlan
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.rules = rules
+        self.plan = plan
+        self.open_first = start  # first offset of the open chunk
+        self.position = start  # next offset expected
+        self._records: list[RawRecord] = []
+        self._bytes = 0
+        self._schema_id: int | None = None
+        self._window: int | None = None
+        self._opened_at: float | None = None  # wall clock of the first offset in the open chunk
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def open_offsets(self) -> int:
+        return self.position - self.open_first
+
+    @property
+    def open_bytes(self) -> int:
+        return self._bytes
+
+    def _has_content(self) -> bool:
+        return self.position > self.open_first
+
+    def _cut(self, last: int, reason: str) -> Chunk:
+        chunk = Chunk(
+            topic=self.topic,
+            partition=self.partition,
+            first=self.open_first,
+            last=last,
+            records=self._records,
+            schema_id=self._schema_id,
+            skipped=(last - self.open_first + 1) - len(self._records),
+            reason=reason,
+        )
+        self.plan.add(chunk.first, chunk.last)
+        self.open_first = last + 1
+        self.position = max(self.position, last + 1)
+        self._records = []
+        self._bytes = 0
+        self._schema_id = None
+        self._window = None
+        self._opened_at = None
+        return chunk
+
+    # -- input ----------------------------------------------------------------------------
+    def add(
+        self, offset: int, record: RawRecord | None, schema_id: int | None, now: float
+    ) -> list[Chunk]:
+        """Take the record at `offset` (None: dead-lettered, covered but not kept).
+
+        Returns the chunks this closes. An offset below the position is ignored (already
+        covered); a gap before it is covered by the chunk that takes it.
+        """
+        if offset < self.position:
+            return []
+        out: list[Chunk] = []
+        # Follow known cuts first.
+        planned = self.plan.end_for(self.open_first)
+        while planned is not None and offset > planned:
+            out.append(self._cut(planned, "plan"))
+            planned = self.plan.end_for(self.open_first)
+        if planned is None:
+            nxt = self.plan.next_start_after(self.open_first)
+            if nxt is not None and offset >= nxt:
+                out.append(self._cut(nxt - 1, "align"))
+                planned = self.plan.end_for(self.open_first)
+                while planned is not None and offset > planned:
+                    out.append(self._cut(planned, "plan"))
+                    planned = self.plan.end_for(self.open_first)
+        if planned is None and self._records and record is not None:
+            reason = None
+            if schema_id != self._schema_id:
+                reason = "schema"
+            elif record.timestamp_ms // self.rules.window_ms != self._window:
+                reason = "window"
+            elif self._bytes + len(record.body) > self.rules.max_bytes:
+                reason = "bytes"
+            if reason is not None:
+                # Cut after the last offset taken: a gap before `offset` goes to the chunk
+                # that takes it, as documented.
+                out.append(self._cut(self.position - 1, reason))
+        if (
+            planned is not None
+            and record is not None
+            and self._records
+            and schema_id != self._schema_id
+        ):
+            raise PlanConflict(
+                f"{self.topic}/{self.partition}: schema changes inside the known cut "
+                f"{self.open_first}-{planned}"
+            )
+        # Take the offset.
+        if not self._has_content():
+            self._opened_at = now
+        if record is not None:
+            if not self._records:
+                self._schema_id = schema_id
+                self._window = record.timestamp_ms // self.rules.window_ms
+            self._records.append(record)
+            self._bytes += len(record.body)
+        self.position = offset + 1
+        if planned is not None:
+            if offset == planned:
+                out.append(self._cut(planned, "plan"))
+        elif self.position - self.open_first >= self.rules.max_records:
+            out.append(self._cut(offset, "count"))
+        return out
+
+    def flush_due(self, now: float) -> bool:
+        return (
+            self._opened_at is not None
+            and now - self._opened_at >= self.rules.flush_interval_s
+            and self.plan.end_for(self.open_first) is None
+        )
+
+    def flush(self) -> Chunk | None:
+        """Cut the open chunk where it stands (the wall-clock cut, made once)."""
+        if not self._has_content() or self.plan.end_for(self.open_first) is not None:
+            return None
+        return self._cut(self.position - 1, "flush")
+
+    def cut_at_boundary(self, boundary: int) -> list[Chunk]:
+        """Close everything below `boundary` (a cut another chunker already made)."""
+        out: list[Chunk] = []
+        while self.open_first < boundary:
+            planned = self.plan.end_for(self.open_first)
+            last = planned if planned is not None and planned < boundary else boundary - 1
+            out.append(self._cut(last, "plan" if planned is not None else "boundary"))
+        return out

@@ -1,0 +1,680 @@
+"""Chunk cutting: each rule cuts exactly where documented, chunks are contiguous, and a
+replay that follows the plan of cuts already made cuts exactly the same chunks."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
+from replicator.container import RawRecord
+from replicator.keys import ChunkKey
+
+TOPIC = "snds.reimbursements"
+BIG = 10**9
+
+
+def rules(
+    max_records: int = BIG,
+    max_bytes: int = BIG,
+    window_ms: int = BIG,
+    flush_interval_s: float = 60.0,
+) -> ChunkRules:
+    return ChunkRules(max_records, max_bytes, window_ms, flush_interval_s)
+
+
+def rec(offset: int, size: int = 1, ts: int = 0) -> RawRecord:
+    return RawRecord(offset=offset, timestamp_ms=ts, key=None, body=bytes([offset % 256]) * size)
+
+
+def chunker(r: ChunkRules, start: int = 0, plan: CutPlan | None = None) -> PartitionChunker:
+    return PartitionChunker(TOPIC, 0, r, start, plan if plan is not None else CutPlan())
+
+
+Step = tuple[int, RawRecord | None, int | None]  # offset, record (None: dead-lettered), schema
+
+
+def feed(c: PartitionChunker, steps: Sequence[Step], now: float = 0.0) -> list[Chunk]:
+    out: list[Chunk] = []
+    for offset, record, schema_id in steps:
+        out.extend(c.add(offset, record, schema_id, now))
+    return out
+
+
+def good(offsets: range | list[int], schema_id: int = 1, size: int = 1, ts: int = 0) -> list[Step]:
+    return [(o, rec(o, size, ts), schema_id) for o in offsets]
+
+
+def spans(chunks: list[Chunk]) -> list[tuple[int, int, str]]:
+    return [(c.first, c.last, c.reason) for c in chunks]
+
+
+def offsets_of(chunk: Chunk) -> list[int]:
+    return [r.offset for r in chunk.records]
+
+
+def all_cuts(plan: CutPlan) -> list[tuple[int, int]]:
+    return plan.overlapping(0, 2**63)
+
+
+# -- count ---------------------------------------------------------------------------------
+def test_count_cuts_every_max_records_offsets() -> None:
+    c = chunker(rules(max_records=3))
+    chunks = feed(c, good(range(8)))
+    assert spans(chunks) == [(0, 2, "count"), (3, 5, "count")]
+    assert [offsets_of(ch) for ch in chunks] == [[0, 1, 2], [3, 4, 5]]
+    assert (c.open_first, c.position, c.open_offsets) == (6, 8, 2)
+
+
+def test_count_counts_offsets_not_records() -> None:
+    """Dead-lettered offsets take room in the chunk like any other offset."""
+    c = chunker(rules(max_records=3))
+    chunks = feed(c, [(0, rec(0), 1), (1, None, None), (2, rec(2), 1)])
+    assert spans(chunks) == [(0, 2, "count")]
+    assert offsets_of(chunks[0]) == [0, 2]
+    assert chunks[0].skipped == 1
+
+
+def test_max_records_one_gives_one_offset_per_chunk() -> None:
+    chunks = feed(chunker(rules(max_records=1), start=10), good(range(10, 13)))
+    assert spans(chunks) == [(10, 10, "count"), (11, 11, "count"), (12, 12, "count")]
+
+
+# -- bytes ---------------------------------------------------------------------------------
+def test_bytes_cut_before_the_record_that_would_pass_max_bytes() -> None:
+    c = chunker(rules(max_bytes=10))
+    steps = [(0, rec(0, 4), 1), (1, rec(1, 4), 1), (2, rec(2, 2), 1), (3, rec(3, 1), 1)]
+    chunks = feed(c, steps)
+    assert spans(chunks) == [(0, 2, "bytes")]  # 4 + 4 + 2 == 10 is allowed
+    assert sum(len(r.body) for r in chunks[0].records) == 10
+    assert (c.open_first, c.open_bytes) == (3, 1)
+
+
+def test_a_single_oversize_record_is_alone() -> None:
+    c = chunker(rules(max_bytes=10))
+    steps = [(0, rec(0, 3), 1), (1, rec(1, 25), 1), (2, rec(2, 3), 1), (3, rec(3, 3), 1)]
+    chunks = feed(c, steps)
+    assert spans(chunks) == [(0, 0, "bytes"), (1, 1, "bytes")]
+    assert [offsets_of(ch) for ch in chunks] == [[0], [1]]
+    assert c.open_first == 2
+
+
+def test_an_oversize_record_first_in_a_chunk_is_alone() -> None:
+    c = chunker(rules(max_bytes=10))
+    chunks = feed(c, [(0, rec(0, 11), 1), (1, rec(1, 1), 1)])
+    assert spans(chunks) == [(0, 0, "bytes")]
+    assert c.open_first == 1
+
+
+def test_dead_lettered_offsets_do_not_count_bytes() -> None:
+    c = chunker(rules(max_bytes=10))
+    chunks = feed(c, [(0, rec(0, 10), 1), (1, None, None), (2, None, None), (3, rec(3, 1), 1)])
+    assert spans(chunks) == [(0, 2, "bytes")]
+    assert chunks[0].skipped == 2
+
+
+# -- window --------------------------------------------------------------------------------
+def test_window_cuts_on_record_time_not_arrival() -> None:
+    c = chunker(rules(window_ms=1_000))
+    steps = [
+        (0, rec(0, ts=0), 1),
+        (1, rec(1, ts=999), 1),
+        (2, rec(2, ts=1_000), 1),  # next window
+        (3, rec(3, ts=1_999), 1),
+        (4, rec(4, ts=1_500), 1),  # late record of the same window: stays
+        (5, rec(5, ts=900), 1),  # late record of an earlier window: cut
+    ]
+    chunks = feed(c, steps, now=123.0)
+    assert spans(chunks) == [(0, 1, "window"), (2, 4, "window")]
+    assert c.open_first == 5
+
+
+def test_window_of_negative_timestamps_is_floored() -> None:
+    """Kafka gives -1 for a record without timestamp: it falls in the window before 0."""
+    chunks = feed(chunker(rules(window_ms=1_000)), [(0, rec(0, ts=-1), 1), (1, rec(1, ts=0), 1)])
+    assert spans(chunks) == [(0, 0, "window")]
+
+
+# -- schema --------------------------------------------------------------------------------
+def test_schema_change_cuts() -> None:
+    c = chunker(rules())
+    chunks = feed(c, good([0, 1], schema_id=7) + good([2], schema_id=8) + good([3], schema_id=7))
+    assert spans(chunks) == [(0, 1, "schema"), (2, 2, "schema")]
+    assert [ch.schema_id for ch in chunks] == [7, 8]
+
+
+def test_schema_wins_over_other_reasons() -> None:
+    c = chunker(rules(max_bytes=1, window_ms=10))
+    chunks = feed(c, [(0, rec(0, 1, ts=0), 1), (1, rec(1, 5, ts=50), 2)])
+    assert spans(chunks) == [(0, 0, "schema")]
+
+
+def test_dead_lettered_offsets_never_cut_by_rules() -> None:
+    """A dead-lettered offset has no schema, time or body: no rule applies to it."""
+    c = chunker(rules(max_bytes=2, window_ms=10))
+    chunks = feed(
+        c, [(0, rec(0, 1, ts=0), 1), (1, None, 2), (2, None, None), (3, rec(3, 1, ts=5), 1)]
+    )
+    assert chunks == []
+    assert c.flush() == Chunk(TOPIC, 0, 0, 3, [rec(0, 1, ts=0), rec(3, 1, ts=5)], 1, 2, "flush")
+
+
+def test_chunk_of_dead_letters_only() -> None:
+    c = chunker(rules(max_records=3))
+    chunks = feed(c, [(0, None, None), (1, None, None), (2, None, None)])
+    assert chunks == [Chunk(TOPIC, 0, 0, 2, [], None, 3, "count")]
+
+
+def test_first_record_after_dead_letters_sets_the_schema() -> None:
+    c = chunker(rules())
+    chunks = feed(c, [(0, None, None), (1, rec(1), 5), (2, rec(2), 6)])
+    assert spans(chunks) == [(0, 1, "schema")]
+    assert chunks[0].schema_id == 5
+    assert chunks[0].skipped == 1
+
+
+# -- contiguity, gaps, ignored offsets -----------------------------------------------------
+def test_gap_is_covered_by_the_chunk_that_takes_the_next_record() -> None:
+    c = chunker(rules(max_records=2))
+    chunks = feed(c, good([0, 1, 5, 6]))
+    assert spans(chunks) == [(0, 1, "count"), (2, 5, "count")]
+    assert chunks[1].skipped == 3
+    assert offsets_of(chunks[1]) == [5]
+
+
+def test_gap_after_a_rule_cut_goes_to_the_next_chunk() -> None:
+    """Schema, window and bytes cuts end at the last offset taken, not before the gap."""
+    for r, second in [
+        (rules(), (5, rec(5), 2)),
+        (rules(window_ms=10), (5, rec(5, ts=10), 1)),
+        (rules(max_bytes=1), (5, rec(5), 1)),
+    ]:
+        c = chunker(r)
+        chunks = feed(c, [(0, rec(0), 1), second])
+        assert [(ch.first, ch.last, ch.skipped) for ch in chunks] == [(0, 0, 0)]
+        flushed = c.flush()
+        assert flushed is not None
+        assert (flushed.first, flushed.last, flushed.skipped) == (1, 5, 4)
+        assert offsets_of(flushed) == [5]
+
+
+def test_gap_at_the_start_is_covered() -> None:
+    c = chunker(rules(max_records=100), start=40)
+    feed(c, good([45]))
+    chunk = c.flush()
+    assert chunk is not None
+    assert (chunk.first, chunk.last, chunk.skipped) == (40, 45, 5)
+
+
+def test_gap_longer_than_max_records_stays_in_the_chunk_that_takes_the_record() -> None:
+    """The gap rule wins: the chunk that takes offset 10 covers 1..9 as well."""
+    chunks = feed(chunker(rules(max_records=3)), good([0, 10]))
+    assert spans(chunks) == [(0, 10, "count")]
+    assert chunks[0].skipped == 9
+
+
+def test_offsets_below_the_position_are_ignored() -> None:
+    c = chunker(rules(max_records=3))
+    first = feed(c, good(range(5)))
+    assert feed(c, good([1, 3, 4])) == []  # redelivered: already covered
+    assert (c.open_first, c.position) == (3, 5)
+    assert feed(c, good([5])) == [Chunk(TOPIC, 0, 3, 5, [rec(3), rec(4), rec(5)], 1, 0, "count")]
+    assert spans(first) == [(0, 2, "count")]
+
+
+def test_chunk_key_is_the_range() -> None:
+    (chunk,) = feed(chunker(rules(max_records=2), start=8), good([8, 9]))
+    assert chunk.key == ChunkKey(TOPIC, 0, 8, 9)
+    assert str(chunk.key) == f"{TOPIC}/00000/00000000000000000008-00000000000000000009.avro"
+
+
+def test_every_cut_is_recorded_in_the_plan() -> None:
+    plan = CutPlan()
+    c = chunker(rules(max_records=2), plan=plan)
+    feed(c, good(range(5)))
+    c.flush()
+    assert all_cuts(plan) == [(0, 1), (2, 3), (4, 4)]
+
+
+# -- flush ---------------------------------------------------------------------------------
+def test_flush_due_after_the_interval_since_the_chunk_opened() -> None:
+    c = chunker(rules(flush_interval_s=30.0))
+    assert not c.flush_due(1_000.0)  # nothing open
+    c.add(0, rec(0), 1, now=100.0)
+    c.add(1, rec(1), 1, now=125.0)  # later offsets do not reset the clock
+    assert not c.flush_due(129.999)
+    assert c.flush_due(130.0)
+    chunk = c.flush()
+    assert chunk == Chunk(TOPIC, 0, 0, 1, [rec(0), rec(1)], 1, 0, "flush")
+    assert not c.flush_due(10_000.0)
+    assert c.flush() is None
+    c.add(2, None, None, now=200.0)  # a dead-lettered offset opens a chunk too
+    assert not c.flush_due(229.0)
+    assert c.flush_due(230.0)
+
+
+def test_a_rule_cut_restarts_the_clock_at_the_next_offset() -> None:
+    c = chunker(rules(max_records=2, flush_interval_s=10.0))
+    c.add(0, rec(0), 1, now=0.0)
+    c.add(1, rec(1), 1, now=1.0)  # count cut
+    assert not c.flush_due(100.0)
+    c.add(2, rec(2), 1, now=50.0)
+    assert not c.flush_due(59.0)
+    assert c.flush_due(60.0)
+
+
+def test_flush_on_an_empty_chunk_gives_nothing() -> None:
+    c = chunker(rules(), start=7)
+    assert c.flush() is None
+    assert all_cuts(c.plan) == []
+
+
+def test_flush_covers_up_to_the_position() -> None:
+    c = chunker(rules())
+    feed(c, [(0, rec(0), 1), (1, None, None), (3, rec(3), 1)])
+    chunk = c.flush()
+    assert chunk is not None
+    assert (chunk.first, chunk.last, chunk.skipped, chunk.reason) == (0, 3, 2, "flush")
+    assert (c.open_first, c.position) == (4, 4)
+
+
+def test_no_flush_inside_a_known_cut() -> None:
+    plan = CutPlan()
+    plan.add(0, 9)
+    c = chunker(rules(flush_interval_s=1.0), plan=plan)
+    c.add(0, rec(0), 1, now=0.0)
+    assert not c.flush_due(100.0)
+    assert c.flush() is None
+
+
+# -- CutPlan -------------------------------------------------------------------------------
+def test_cut_plan_lookups() -> None:
+    plan = CutPlan()
+    for first, last in [(20, 29), (0, 9), (10, 14)]:
+        plan.add(first, last)
+    assert len(plan) == 3
+    assert all_cuts(plan) == [(0, 9), (10, 14), (20, 29)]
+    assert [plan.end_for(o) for o in (0, 10, 20, 5, 15, 30)] == [9, 14, 29, None, None, None]
+    assert [plan.next_start_after(o) for o in (-1, 0, 9, 10, 19, 20, 100)] == [
+        0,
+        10,
+        10,
+        20,
+        20,
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "expected"),
+    [
+        (0, 0, [(0, 9)]),
+        (9, 10, [(0, 9), (10, 14)]),
+        (5, 25, [(0, 9), (10, 14), (20, 29)]),
+        (15, 19, []),  # the hole between two cuts
+        (29, 40, [(20, 29)]),
+        (30, 40, []),
+        (-5, -1, []),
+        (12, 12, [(10, 14)]),
+    ],
+)
+def test_cut_plan_overlapping(first: int, last: int, expected: list[tuple[int, int]]) -> None:
+    plan = CutPlan()
+    for a, b in [(0, 9), (10, 14), (20, 29)]:
+        plan.add(a, b)
+    assert plan.overlapping(first, last) == expected
+
+
+def test_cut_plan_add_is_idempotent() -> None:
+    plan = CutPlan()
+    plan.add(0, 9)
+    plan.add(0, 9)
+    assert len(plan) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [(10, 15), (10, 25), (5, 12), (12, 15), (18, 25), (0, 100), (19, 19)],
+)
+def test_cut_plan_add_conflict(first: int, last: int) -> None:
+    plan = CutPlan()
+    plan.add(10, 19)
+    with pytest.raises(
+        PlanConflict, match=rf"cut {first}-{last} overlaps known cut\(s\) \[\(10, 19\)\]"
+    ):
+        plan.add(first, last)
+    assert all_cuts(plan) == [(10, 19)]
+
+
+def test_cut_plan_adjacent_cuts_do_not_conflict() -> None:
+    plan = CutPlan()
+    plan.add(10, 19)
+    plan.add(20, 20)
+    plan.add(0, 9)
+    assert all_cuts(plan) == [(0, 9), (10, 19), (20, 20)]
+
+
+@pytest.mark.parametrize(
+    ("offset", "kept"),
+    [
+        (0, [(0, 9), (10, 14), (20, 29)]),
+        (9, [(0, 9), (10, 14), (20, 29)]),  # 0-9 does not end before 9
+        (10, [(10, 14), (20, 29)]),
+        (12, [(10, 14), (20, 29)]),
+        (15, [(20, 29)]),
+        (20, [(20, 29)]),  # the hole 15-19 is behind
+        (30, []),
+    ],
+)
+def test_cut_plan_trim_below(offset: int, kept: list[tuple[int, int]]) -> None:
+    plan = CutPlan()
+    for a, b in [(0, 9), (10, 14), (20, 29)]:
+        plan.add(a, b)
+    plan.trim_below(offset)
+    assert all_cuts(plan) == kept
+    assert len(plan) == len(kept)
+    assert [plan.end_for(a) for a, _ in kept] == [b for _, b in kept]
+
+
+# -- following a plan ----------------------------------------------------------------------
+def test_known_cuts_come_before_rules_then_rules_resume() -> None:
+    plan = CutPlan()
+    plan.add(0, 4)
+    plan.add(5, 9)
+    c = chunker(rules(max_records=3), plan=plan)
+    chunks = feed(c, good(range(13)))
+    assert spans(chunks) == [(0, 4, "plan"), (5, 9, "plan"), (10, 12, "count")]
+    assert [offsets_of(ch) for ch in chunks] == [
+        [0, 1, 2, 3, 4],
+        [5, 6, 7, 8, 9],
+        [10, 11, 12],
+    ]
+
+
+def test_window_and_bytes_do_not_cut_inside_a_known_cut() -> None:
+    plan = CutPlan()
+    plan.add(0, 2)
+    c = chunker(rules(max_bytes=1, window_ms=10), plan=plan)
+    chunks = feed(
+        c, [(0, rec(0, 5, ts=0), 1), (1, rec(1, 5, ts=100), 1), (2, rec(2, 5, ts=200), 1)]
+    )
+    assert spans(chunks) == [(0, 2, "plan")]
+
+
+def test_schema_change_inside_a_known_cut_is_a_conflict() -> None:
+    plan = CutPlan()
+    plan.add(0, 9)
+    c = chunker(rules(), plan=plan)
+    feed(c, good([0, 1], schema_id=1))
+    with pytest.raises(PlanConflict, match="schema changes inside the known cut 0-9"):
+        c.add(2, rec(2), 2, now=0.0)
+
+
+def test_known_cuts_cross_a_gap() -> None:
+    plan = CutPlan()
+    plan.add(0, 4)
+    plan.add(5, 9)
+    c = chunker(rules(), plan=plan)
+    chunks = feed(c, good([0, 12]))
+    assert [(ch.first, ch.last, ch.reason, ch.skipped) for ch in chunks] == [
+        (0, 4, "plan", 4),
+        (5, 9, "plan", 5),
+    ]
+    assert (c.open_first, c.position) == (10, 13)
+
+
+def test_known_cut_ending_in_a_gap_is_closed_by_the_next_offset() -> None:
+    """A cut made on other records (e.g. before a compaction) may end on an offset this run
+    never sees: the next offset past it closes it."""
+    plan = CutPlan()
+    plan.add(0, 4)
+    c = chunker(rules(), plan=plan)
+    chunks = feed(c, good([0, 5]))
+    assert [(ch.first, ch.last, ch.reason, offsets_of(ch)) for ch in chunks] == [
+        (0, 4, "plan", [0])
+    ]
+    assert (c.open_first, c.position) == (5, 6)
+
+
+def test_align_to_a_known_cut_ahead() -> None:
+    """A known cut further on (e.g. an object of another store) is met exactly."""
+    plan = CutPlan()
+    plan.add(10, 19)
+    c = chunker(rules(max_records=4), plan=plan)
+    chunks = feed(c, good(range(24)))
+    assert spans(chunks) == [
+        (0, 3, "count"),
+        (4, 7, "count"),
+        (8, 9, "align"),
+        (10, 19, "plan"),
+        (20, 23, "count"),
+    ]
+
+
+def test_align_over_a_gap() -> None:
+    plan = CutPlan()
+    plan.add(10, 19)
+    c = chunker(rules(), plan=plan)
+    chunks = feed(c, good([8, 15, 19]))
+    assert [(ch.first, ch.last, ch.reason, offsets_of(ch)) for ch in chunks] == [
+        (0, 9, "align", [8]),
+        (10, 19, "plan", [15, 19]),
+    ]
+
+
+# -- cut_at_boundary -----------------------------------------------------------------------
+def test_cut_at_boundary_closes_the_open_chunk() -> None:
+    c = chunker(rules())
+    feed(c, good(range(5)))
+    chunks = c.cut_at_boundary(5)
+    assert spans(chunks) == [(0, 4, "boundary")]
+    assert offsets_of(chunks[0]) == [0, 1, 2, 3, 4]
+    assert c.cut_at_boundary(5) == []
+
+
+def test_cut_at_boundary_covers_a_gap_up_to_the_boundary() -> None:
+    c = chunker(rules())
+    feed(c, good([0, 1, 2]))
+    chunks = c.cut_at_boundary(10)
+    assert [(ch.first, ch.last, ch.skipped) for ch in chunks] == [(0, 9, 7)]
+    assert (c.open_first, c.position) == (10, 10)
+    assert feed(c, good([10])) == []
+    assert c.open_first == 10
+
+
+def test_cut_at_boundary_follows_known_cuts_below_it() -> None:
+    plan = CutPlan()
+    plan.add(0, 2)
+    plan.add(3, 7)
+    c = chunker(rules(), plan=plan)
+    feed(c, good([0, 1]))
+    chunks = c.cut_at_boundary(8)
+    assert spans(chunks) == [(0, 2, "plan"), (3, 7, "plan")]
+    assert [offsets_of(ch) for ch in chunks] == [[0, 1], []]
+
+
+def test_cut_at_boundary_inside_a_known_cut_is_a_conflict() -> None:
+    plan = CutPlan()
+    plan.add(0, 9)
+    c = chunker(rules(), plan=plan)
+    feed(c, good([0]))
+    with pytest.raises(PlanConflict):
+        c.cut_at_boundary(5)
+
+
+# -- the replay property -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    gap: int  # offsets skipped before this one (transaction markers, compaction)
+    dead: bool  # dead-lettered: covered, no record
+    size: int
+    ts: int
+    schema_id: int
+    dt: float  # wall-clock seconds since the previous event
+
+
+@dataclass(frozen=True)
+class Scenario:
+    start: int
+    rules: ChunkRules
+    steps: list[Step]
+    times: list[float]
+
+
+events = st.builds(
+    Event,
+    gap=st.sampled_from([0, 0, 0, 0, 0, 1, 3]),
+    dead=st.sampled_from([False, False, False, False, True]),
+    size=st.integers(0, 40),
+    ts=st.integers(0, 5_000),
+    schema_id=st.sampled_from([1, 1, 1, 1, 2]),
+    dt=st.sampled_from([0.0, 0.0, 1.0, 2.5, 10.0]),
+)
+chunk_rules = st.builds(
+    ChunkRules,
+    max_records=st.integers(1, 8),
+    max_bytes=st.integers(1, 100),
+    window_ms=st.sampled_from([700, 1_000, 3_000, BIG]),
+    flush_interval_s=st.sampled_from([1.0, 3.0, 8.0, 1e9]),
+)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, r: st.SearchStrategy[ChunkRules] = chunk_rules) -> Scenario:
+    start = draw(st.integers(0, 50))
+    evs = draw(st.lists(events, min_size=draw(st.integers(0, 60)), max_size=80))
+    steps: list[Step] = []
+    times: list[float] = []
+    offset, now = start - 1, 0.0
+    for e in evs:
+        offset += 1 + e.gap
+        now += e.dt
+        steps.append(
+            (offset, None, None) if e.dead else (offset, rec(offset, e.size, e.ts), e.schema_id)
+        )
+        times.append(now)
+    return Scenario(start, draw(r), steps, times)
+
+
+def run_with_flushes(
+    s: Scenario, plan: CutPlan, upto: int | None = None
+) -> tuple[PartitionChunker, list[Chunk]]:
+    """The live run: rules, plus wall-clock flushes whenever one is due."""
+    c = PartitionChunker(TOPIC, 0, s.rules, s.start, plan)
+    out: list[Chunk] = []
+    for (offset, record, schema_id), now in list(zip(s.steps, s.times, strict=True))[:upto]:
+        out.extend(c.add(offset, record, schema_id, now))
+        if c.flush_due(now + 0.5):
+            flushed = c.flush()
+            assert flushed is not None
+            out.append(flushed)
+    return c, out
+
+
+def replay(
+    r: ChunkRules, start: int, plan: CutPlan, steps: list[Step]
+) -> tuple[PartitionChunker, list[Chunk]]:
+    """A replay or a store catching up: same records, no flushes, the plan of cuts made."""
+    c = PartitionChunker(TOPIC, 0, r, start, plan)
+    out = feed(c, [s for s in steps if s[0] >= start], now=0.0)
+    return c, out
+
+
+def content(chunks: list[Chunk]) -> list[tuple[int, int, list[RawRecord], int | None, int]]:
+    return [(c.first, c.last, c.records, c.schema_id, c.skipped) for c in chunks]
+
+
+def check_chunks(s: Scenario, chunks: list[Chunk], open_first: int) -> None:
+    """Contiguous, complete, and every cut exactly where its rule says."""
+    r = s.rules
+    expected_first = s.start
+    for chunk in chunks:
+        assert chunk.first == expected_first
+        assert chunk.last >= chunk.first
+        expected_first = chunk.last + 1
+        taken = [step for step in s.steps if chunk.first <= step[0] <= chunk.last]
+        kept = [step for step in taken if step[1] is not None]
+        assert chunk.records == [step[1] for step in kept]
+        assert chunk.skipped == (chunk.last - chunk.first + 1) - len(kept)
+        # no rule would have cut inside the chunk
+        if kept:
+            assert {step[2] for step in kept} == {chunk.schema_id}
+            assert len({step[1].timestamp_ms // r.window_ms for step in kept if step[1]}) == 1
+            assert (
+                len(kept) == 1 or sum(len(step[1].body) for step in kept if step[1]) <= r.max_bytes
+            )
+        else:
+            assert chunk.schema_id is None
+        assert taken and taken[-1][0] == chunk.last  # every cut ends on an offset taken
+        for offset, _, _ in taken:
+            reached = offset + 1 - chunk.first >= r.max_records
+            assert reached == (offset == chunk.last and chunk.reason == "count")
+        # and a rule cut is made only when the next record breaks that rule
+        if chunk.reason in ("schema", "window", "bytes"):
+            nxt = next(step for step in s.steps if step[0] > chunk.last)
+            record, schema_id = nxt[1], nxt[2]
+            assert record is not None and kept
+            first_rec = kept[0][1]
+            assert first_rec is not None
+            schema_breaks = schema_id != chunk.schema_id
+            window_breaks = (
+                record.timestamp_ms // r.window_ms != first_rec.timestamp_ms // r.window_ms
+            )
+            bytes_break = sum(len(x.body) for x in chunk.records) + len(record.body) > r.max_bytes
+            assert chunk.reason == (
+                "schema" if schema_breaks else "window" if window_breaks else "bytes"
+            )
+            assert schema_breaks or window_breaks or bytes_break
+        else:
+            assert chunk.reason in ("count", "flush")
+    assert open_first == expected_first
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios())
+def test_replay_with_the_plan_cuts_exactly_the_same_chunks(s: Scenario) -> None:
+    plan = CutPlan()
+    live, chunks = run_with_flushes(s, plan)
+    check_chunks(s, chunks, live.open_first)
+    assert all_cuts(plan) == [(c.first, c.last) for c in chunks]
+    made = all_cuts(plan)
+
+    # replays from the same start and from every chunk boundary, sharing the plan
+    for start in sorted({s.start, live.open_first, *(c.first for c in chunks)}):
+        again, replayed = replay(s.rules, start, plan, s.steps)
+        assert content(replayed) == content([c for c in chunks if c.first >= start])
+        assert (again.open_first, again.position) == (live.open_first, live.position)
+        assert all_cuts(plan) == made  # a replay makes no new cut
+
+    # the live run's open chunk, once flushed, is followed by a replay too
+    last = live.flush()
+    if last is not None:
+        _, replayed = replay(s.rules, s.start, plan, s.steps)
+        assert content(replayed) == content([*chunks, last])
+
+
+@settings(max_examples=150, deadline=None)
+@given(s=scenarios(), other_rules=chunk_rules, cut=st.integers(0, 60))
+def test_after_the_planned_region_the_rules_resume(
+    s: Scenario, other_rules: ChunkRules, cut: int
+) -> None:
+    """A chunker given the plan of another run (other rules, flushes, fewer records) follows
+    it, then cuts by its own rules as a fresh chunker would from the end of the plan."""
+    plan = CutPlan()
+    earlier, planned = run_with_flushes(s, plan, upto=cut)
+    follower, chunks = replay(other_rules, s.start, copy.deepcopy(plan), s.steps)
+    assert content(chunks[: len(planned)]) == content(planned)
+    _, fresh = replay(other_rules, earlier.open_first, CutPlan(), s.steps)
+    assert content(chunks[len(planned) :]) == content(fresh)
+    # and what follows is cut by the rules
+    check_chunks(
+        Scenario(earlier.open_first, other_rules, s.steps, s.times),
+        chunks[len(planned) :],
+        follower.open_first,
+    )
