@@ -1,0 +1,925 @@
+"""The service: Kafka -> decode + check -> chunks -> one container file -> every store.
+
+One thread runs the loop below; puts run on a small thread pool per store ("lane").
+
+    live consumer (group <group_id>)          catch-up consumer per lagging store
+        |                                         |
+    decode + check --bad--> dead-letter topic     decode + check (no dead letter: done live)
+        |                                         |
+    PartitionChunker (rules + CutPlan)         PartitionChunker (same CutPlan)
+        |                                         |
+    encode once -> each LIVE lane             encode -> that lane only
+        |                                         |
+    lane: create-if-absent puts, in order per partition, then commit <group_id>.<store>
+
+Why a lane falls out of the live stream and how it comes back (P4, bounded memory):
+- a put that keeps failing past `write_retry_s`, or a lane whose queued bytes pass its share
+  of `max_buffer_bytes`, marks the lane DOWN: its queue is dropped (nothing is committed for
+  it, so nothing is lost) and the other lanes go on;
+- a DOWN lane is probed every `health_interval_s`; when it answers, it lists its own objects
+  past its position (to find objects written but not committed before a crash), then reads
+  Kafka again from its own committed offsets with a consumer of its own, cutting exactly as
+  the live stream did (the CutPlan holds every cut made since its position), and joins the
+  live stream again partition by partition when it reaches the live chunker's open chunk.
+- when no lane takes a partition, the live consumer pauses it: memory stays bounded.
+
+Every partition's cuts are shared through its CutPlan: at assignment it is filled from the
+objects already in the reachable stores, so a restart or a new owner cuts exactly as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from enum import Enum
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaTP
+
+from replicator import __version__
+from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
+from replicator.config import Settings
+from replicator.container import RawRecord, encode_container
+from replicator.deadletter import DeadLetterError, DeadLetterWriter
+from replicator.errors import ConflictError, StoreError
+from replicator.keys import offset_marker, parse_key, partition_prefix
+from replicator.logs import fields
+from replicator.metrics import Metrics
+from replicator.progress import TP, ProgressLog
+from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
+from replicator.stores.base import PutOutcome, Store
+from replicator.validation import check_record
+
+log = logging.getLogger("replicator.pipeline")
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    topic: str
+    partition: int
+    first: int
+    last: int
+    key: str
+    data: bytes
+    md5: bytes
+    records: int
+    metadata: dict[str, str]
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)
+
+
+def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int) -> EncodedChunk:
+    """Encode once; the same buffer goes to every store."""
+    key = str(chunk.key)
+    schema_json = registry.get(chunk.schema_id).schema_json if chunk.schema_id is not None else None
+    meta = {
+        "topic": chunk.topic,
+        "partition": str(chunk.partition),
+        "first_offset": str(chunk.first),
+        "last_offset": str(chunk.last),
+        "records": str(len(chunk.records)),
+        "skipped": str(chunk.skipped),
+        "schema_id": "" if chunk.schema_id is None else str(chunk.schema_id),
+    }
+    data = encode_container(key, schema_json, chunk.records, meta, codec=codec, level=level)
+    return EncodedChunk(
+        topic=chunk.topic,
+        partition=chunk.partition,
+        first=chunk.first,
+        last=chunk.last,
+        key=key,
+        data=data,
+        md5=hashlib.md5(data).digest(),
+        records=len(chunk.records),
+        metadata={k: v for k, v in meta.items() if k != "schema_id" or v},
+    )
+
+
+def coords(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record (never None for a record)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+class LaneMode(str, Enum):
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass
+class InFlight:
+    chunk: EncodedChunk
+    future: Future[PutOutcome]
+
+
+@dataclass
+class CatchUp:
+    """A lagging lane's own reader of Kafka, from its committed offsets to the live stream."""
+
+    consumer: Consumer
+    chunkers: dict[TP, PartitionChunker] = field(default_factory=dict)
+
+
+@dataclass
+class Lane:
+    """One store: its client, its pool of puts, its position per partition."""
+
+    store: Store
+    executor: ThreadPoolExecutor
+    mode: LaneMode = LaneMode.UP
+    positions: dict[TP, int] = field(default_factory=dict)  # durable: next offset to write
+    committed: dict[TP, int] = field(default_factory=dict)  # last value committed to Kafka
+    dispatched: dict[TP, int] = field(default_factory=dict)  # end + 1 of the last chunk queued
+    inflight: dict[TP, deque[InFlight]] = field(default_factory=dict)
+    live: set[TP] = field(default_factory=set)  # partitions fed by the live stream
+    conflicted: set[TP] = field(default_factory=set)
+    pending_bytes: int = 0
+    catchup: CatchUp | None = None
+    probe: Future[None] | None = None
+    next_probe_at: float = 0.0
+    down_reason: str = ""
+    progress: ProgressLog | None = None
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+
+@dataclass
+class PartitionState:
+    tp: TP
+    chunker: PartitionChunker
+    plan: CutPlan
+    ready: bool = True  # False: waits for a down store's listing to know its cuts
+    paused: bool = False
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the CLI summary and the tests."""
+
+    records_in: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    objects: dict[str, dict[str, int]] = field(default_factory=dict)
+    records_out: dict[str, int] = field(default_factory=dict)
+
+
+class Replicator:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: list[Store],
+        registry: SchemaRegistry,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+        self.rules = ChunkRules(
+            max_records=settings.chunk_max_records,
+            max_bytes=settings.chunk_max_bytes,
+            window_ms=settings.chunk_window_s * 1000,
+            flush_interval_s=settings.flush_interval_s,
+        )
+        self.kafka_conf = settings.kafka_common()
+        self.lanes = [
+            Lane(
+                store=s,
+                executor=ThreadPoolExecutor(
+                    max_workers=settings.write_concurrency + 1, thread_name_prefix=f"put-{s.name}"
+                ),
+            )
+            for s in stores
+        ]
+        self.parts: dict[TP, PartitionState] = {}
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        self._abort = threading.Event()  # second signal: stop retrying puts at once
+        self._consumer: Consumer | None = None
+        self._dlq: DeadLetterWriter | None = None
+        self._last_commit = 0.0
+        self._next_prepare_at = 0.0
+        self._dlq_dirty = False
+        self.last_loop_at = time.monotonic()
+        self.broker_up = False
+        self._max_lane_bytes = settings.max_buffer_bytes // max(len(self.lanes), 1)
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                log.warning("second_signal_exit", extra=fields(signal=signum))
+                self._abort.set()
+                # Nothing committed is lost by exiting now: progress only ever moves after
+                # the store holds the object (P1), and a re-run creates nothing twice (P2).
+
+                os._exit(128 + signum)
+            log.info("stopping", extra=fields(signal=signum))
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, until: Callable[[Replicator], bool] | None = None) -> RunStats:
+        """Run until stopped (signal, `stop()`, or `until(self)` returning True)."""
+        s = self.settings
+        log.info(
+            "starting",
+            extra=fields(
+                version=__version__, stores=[ln.name for ln in self.lanes], topics=s.topics
+            ),
+        )
+        for lane in self.lanes:
+            lane.progress = ProgressLog(self.kafka_conf, s.progress_group(lane.name))
+            self.metrics.store_up.labels(lane.name).set(0)
+            self._probe_now(lane, initial=True)
+        self._dlq = DeadLetterWriter(self.kafka_conf, s.dead_letter_topic)
+        consumer = Consumer(
+            {
+                **self.kafka_conf,
+                "group.id": s.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": s.session_timeout_ms,
+                "heartbeat.interval.ms": max(s.session_timeout_ms // 5, 500),
+                "partition.assignment.strategy": "range",
+                "enable.partition.eof": False,
+                "client.id": f"replicator-{__version__}",
+                "error_cb": self._kafka_error,
+            }
+        )
+        self._consumer = consumer
+        consumer.subscribe(
+            s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        try:
+            while not self._stop.is_set():
+                self._turn(consumer)
+                if until is not None and until(self):
+                    break
+        finally:
+            self._shutdown(consumer)
+        return self.stats
+
+    def _shutdown(self, consumer: Consumer) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        log.info("draining", extra=fields(timeout_s=self.settings.shutdown_timeout_s))
+        for lane in self.lanes:
+            self._drain(lane, None, deadline)
+        self._commit(force=True)
+        try:
+            consumer.close()
+        except KafkaException:
+            log.warning("consumer_close_failed", exc_info=True)
+        for lane in self.lanes:
+            if lane.catchup is not None:
+                lane.catchup.consumer.close()
+                lane.catchup = None
+            lane.executor.shutdown(wait=False, cancel_futures=True)
+            if lane.progress is not None:
+                lane.progress.close()
+            lane.store.close()
+        if self._dlq is not None:
+            self._dlq.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ the loop
+    def _turn(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        self.last_loop_at = now
+        busy = any(ln.catchup is not None for ln in self.lanes)
+        msgs = consumer.consume(num_messages=2000, timeout=0.0 if busy else 0.05)
+        if msgs:
+            self.broker_up = True
+        for msg in msgs:
+            self._on_live_message(msg)
+        for lane in self.lanes:
+            if lane.catchup is not None and lane.mode is LaneMode.UP:
+                self._catchup_turn(lane)
+        now = time.monotonic()
+        for state in self.parts.values():
+            if state.ready and state.chunker.flush_due(now):
+                chunk = state.chunker.flush()
+                if chunk is not None:
+                    self._dispatch_live(chunk)
+        for lane in self.lanes:
+            self._reap(lane)
+            self._check_lane(lane, now)
+        if now >= self._next_prepare_at:
+            self._next_prepare_at = now + self.settings.health_interval_s
+            for state in [p for p in self.parts.values() if not p.ready]:
+                self._retry_prepare(state)
+        self._apply_pause(consumer)
+        if now - self._last_commit >= self.settings.commit_interval_s:
+            self._commit()
+
+    def _decode(self, msg: Message, live: bool) -> tuple[RawRecord | None, int | None]:
+        """Decode and check one record: (record, schema id), or (None, None) when bad."""
+        topic, partition, offset = coords(msg)
+        _ts_type, ts = msg.timestamp()
+        value = msg.value()
+        reason: str
+        detail: str
+        try:
+            decoded = decode_wire(self.registry, self.settings.schema_topic(topic), value)
+        except DecodeError as exc:
+            reason, detail = exc.reason, exc.detail
+        else:
+            violation = check_record(self.settings.schema_topic(topic), decoded.record)
+            if violation is None:
+                return (
+                    RawRecord(
+                        offset=offset, timestamp_ms=ts, key=msg.key(), body=bytes(decoded.body)
+                    ),
+                    decoded.schema.id,
+                )
+            reason, detail = violation.reason, violation.detail
+        if live:
+            assert self._dlq is not None
+            self._dlq.send(
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp_ms=ts,
+                key=msg.key(),
+                value=value,
+                reason=reason,
+                detail=detail,
+            )
+            self._dlq_dirty = True
+            self.metrics.dead_letters.labels(topic, reason).inc()
+            self.stats.dead_lettered[reason] = self.stats.dead_lettered.get(reason, 0) + 1
+            log.warning(
+                "dead_lettered",
+                extra=fields(
+                    topic=topic, partition=partition, offset=offset, reason=reason, detail=detail
+                ),
+            )
+        return None, None
+
+    def _on_live_message(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka_error", extra=fields(error=str(err)))
+            return
+        topic, partition, offset = coords(msg)
+        tp = (topic, partition)
+        state = self.parts.get(tp)
+        if state is None or not state.ready or offset < state.chunker.position:
+            return
+        self.stats.records_in += 1
+        record, schema_id = self._decode(msg, live=True)
+        try:
+            chunks = state.chunker.add(offset, record, schema_id, time.monotonic())
+        except PlanConflict as exc:
+            self._plan_conflict(tp, exc)
+            return
+        for chunk in chunks:
+            self._dispatch_live(chunk)
+
+    def _plan_conflict(self, tp: TP, exc: PlanConflict) -> None:
+        log.error("cut_conflict", extra=fields(topic=tp[0], partition=tp[1], error=str(exc)))
+        for lane in self.lanes:
+            lane.conflicted.add(tp)
+            lane.live.discard(tp)
+
+    def _dispatch_live(self, chunk: Chunk) -> None:
+        self.metrics.chunk_records.observe(chunk.last - chunk.first + 1)
+        lanes = [ln for ln in self.lanes if (chunk.topic, chunk.partition) in ln.live]
+        if not lanes:
+            return
+        enc = encode_chunk(chunk, self.registry, self.settings.codec, self.settings.deflate_level)
+        self.metrics.chunk_bytes.observe(len(enc.data))
+        for lane in lanes:
+            self._submit(lane, enc)
+
+    def _submit(self, lane: Lane, enc: EncodedChunk) -> None:
+        tp = enc.tp
+        expected = lane.dispatched.get(tp)
+        if expected is not None and expected != enc.first:
+            # A chunk that does not start where the lane stands would leave a gap or an overlap.
+            log.error(
+                "lane_position_mismatch",
+                extra=fields(
+                    store=lane.name,
+                    topic=tp[0],
+                    partition=tp[1],
+                    expected=expected,
+                    first=enc.first,
+                ),
+            )
+            self._mark_down(lane, f"position mismatch on {tp[0]}/{tp[1]}")
+            return
+        future = lane.executor.submit(self._put, lane, enc)
+        lane.inflight.setdefault(tp, deque()).append(InFlight(enc, future))
+        lane.dispatched[tp] = enc.last + 1
+        lane.pending_bytes += len(enc.data)
+
+    def _put(self, lane: Lane, enc: EncodedChunk) -> PutOutcome:
+        """One create-if-absent, retried with jittered backoff while the error is transient."""
+        deadline = time.monotonic() + self.settings.write_retry_s
+        delay = 0.1
+        while True:
+            started = time.monotonic()
+            try:
+                outcome = lane.store.create_if_absent(enc.key, enc.data, enc.md5, enc.metadata)
+                self.metrics.put_seconds.labels(lane.name).observe(time.monotonic() - started)
+                return outcome
+            except StoreError as exc:
+                self.metrics.store_errors.labels(lane.name, exc.kind.value).inc()
+                if not exc.retriable or self._abort.is_set() or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------------ completions
+    def _reap(self, lane: Lane) -> None:
+        for tp, queue in lane.inflight.items():
+            while queue and queue[0].future.done():
+                item = queue.popleft()
+                lane.pending_bytes -= len(item.chunk.data)
+                if item.future.cancelled():
+                    continue
+                exc = item.future.exception()
+                if exc is None:
+                    outcome = item.future.result()
+                    if lane.positions.get(tp) == item.chunk.first or tp not in lane.positions:
+                        lane.positions[tp] = item.chunk.last + 1
+                    self._count(lane, outcome.value, item.chunk)
+                elif isinstance(exc, ConflictError):
+                    self._count(lane, "conflict", item.chunk)
+                    log.error(
+                        "conflict",
+                        extra=fields(
+                            store=lane.name,
+                            topic=tp[0],
+                            partition=tp[1],
+                            key=exc.key,
+                            existing_md5=exc.existing_md5,
+                            new_md5=exc.new_md5,
+                        ),
+                    )
+                    lane.conflicted.add(tp)
+                    lane.live.discard(tp)
+                    self._cancel_partition(lane, tp)
+                else:
+                    self._mark_down(lane, str(exc))
+                    self._cancel_partition(lane, tp)
+
+    def _count(self, lane: Lane, outcome: str, enc: EncodedChunk) -> None:
+        self.metrics.objects.labels(lane.name, outcome).inc()
+        self.metrics.records.labels(lane.name, outcome).inc(enc.records)
+        per = self.stats.objects.setdefault(lane.name, {})
+        per[outcome] = per.get(outcome, 0) + 1
+        if outcome != "conflict":
+            self.stats.records_out[lane.name] = (
+                self.stats.records_out.get(lane.name, 0) + enc.records
+            )
+
+    def _cancel_partition(self, lane: Lane, tp: TP) -> None:
+        """Drop what is queued for a partition; what already runs finishes by itself."""
+        queue = lane.inflight.get(tp)
+        if not queue:
+            lane.dispatched.pop(tp, None)
+            return
+        for item in queue:
+            item.future.cancel()
+        lane.dispatched.pop(tp, None)
+
+    def _mark_down(self, lane: Lane, reason: str) -> None:
+        if lane.mode is LaneMode.DOWN:
+            return
+        log.error("store_down", extra=fields(store=lane.name, reason=reason))
+        lane.mode = LaneMode.DOWN
+        lane.down_reason = reason
+        lane.live.clear()
+        for tp in list(lane.inflight):
+            self._cancel_partition(lane, tp)
+        if lane.catchup is not None:
+            lane.catchup.consumer.close()
+            lane.catchup = None
+            self.metrics.catching_up.labels(lane.name).set(0)
+        lane.next_probe_at = time.monotonic() + self.settings.health_interval_s
+        self.metrics.store_up.labels(lane.name).set(0)
+
+    # ------------------------------------------------------------------ health and catch-up
+    def _probe_now(self, lane: Lane, initial: bool = False) -> None:
+        try:
+            lane.store.health_check()
+        except StoreError as exc:
+            if initial:
+                log.error(
+                    "store_unavailable_at_start", extra=fields(store=lane.name, error=str(exc))
+                )
+            lane.mode = LaneMode.DOWN
+            lane.down_reason = str(exc)
+            lane.next_probe_at = time.monotonic() + self.settings.health_interval_s
+            self.metrics.store_up.labels(lane.name).set(0)
+            return
+        lane.mode = LaneMode.UP
+        self.metrics.store_up.labels(lane.name).set(1)
+
+    def _check_lane(self, lane: Lane, now: float) -> None:
+        if lane.mode is LaneMode.DOWN:
+            if any(lane.inflight.values()):
+                return  # wait for the puts already running to end
+            if lane.probe is None and now >= lane.next_probe_at:
+                lane.probe = lane.executor.submit(lane.store.health_check)
+            elif lane.probe is not None and lane.probe.done():
+                probe, lane.probe = lane.probe, None
+                if probe.exception() is None:
+                    log.info("store_back", extra=fields(store=lane.name))
+                    lane.mode = LaneMode.UP
+                    self.metrics.store_up.labels(lane.name).set(1)
+                    self._start_catchup(lane)
+                else:
+                    lane.next_probe_at = now + self.settings.health_interval_s
+
+    def _start_catchup(self, lane: Lane) -> None:
+        """Bring every partition of `lane` that is behind the live stream back to it."""
+        catchup = lane.catchup or CatchUp(consumer=self._new_catchup_consumer(lane))
+        added: dict[str, int] = {}
+        for tp, state in list(self.parts.items()):
+            if (
+                not state.ready
+                or tp in lane.conflicted
+                or tp in lane.live
+                or tp in catchup.chunkers
+            ):
+                continue
+            pos = lane.positions.get(tp, state.chunker.open_first)
+            try:
+                self._reconcile_orphans(lane, tp, pos, state.plan)
+            except StoreError as exc:
+                if lane.catchup is None:
+                    catchup.consumer.close()
+                self._mark_down(lane, str(exc))
+                return
+            if pos >= state.chunker.open_first:
+                self._join_live(lane, tp, state.chunker.open_first)
+                continue
+            catchup.chunkers[tp] = PartitionChunker(tp[0], tp[1], self.rules, pos, state.plan)
+            lane.dispatched[tp] = pos
+            added[f"{tp[0]}/{tp[1]}"] = pos
+        if not catchup.chunkers:
+            catchup.consumer.close()
+            lane.catchup = None
+            return
+        if added:
+            catchup.consumer.assign(
+                [KafkaTP(t, p, c.position) for (t, p), c in catchup.chunkers.items()]
+            )
+            log.info("catchup_started", extra=fields(store=lane.name, partitions=added))
+        lane.catchup = catchup
+        self.metrics.catching_up.labels(lane.name).set(len(catchup.chunkers))
+
+    def _new_catchup_consumer(self, lane: Lane) -> Consumer:
+        return Consumer(
+            {
+                **self.kafka_conf,
+                "group.id": f"{self.settings.group_id}.{lane.name}.catchup",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            }
+        )
+
+    def _catchup_turn(self, lane: Lane) -> None:
+        catchup = lane.catchup
+        assert catchup is not None
+        if lane.pending_bytes > self._max_lane_bytes // 2:
+            return  # let the puts drain first: memory stays bounded
+        msgs = catchup.consumer.consume(num_messages=2000, timeout=0.0)
+        done: list[TP] = []
+        for msg in msgs:
+            if msg.error() is not None:
+                continue
+            topic, partition, offset = coords(msg)
+            tp = (topic, partition)
+            chunker = catchup.chunkers.get(tp)
+            state = self.parts.get(tp)
+            if chunker is None or state is None or tp in done:
+                continue
+            boundary = state.chunker.open_first
+            if offset >= boundary:
+                chunks = chunker.cut_at_boundary(boundary)
+            else:
+                record, schema_id = self._decode(msg, live=False)
+                try:
+                    chunks = chunker.add(offset, record, schema_id, time.monotonic())
+                except PlanConflict as exc:
+                    self._plan_conflict(tp, exc)
+                    done.append(tp)
+                    continue
+            for chunk in chunks:
+                enc = encode_chunk(
+                    chunk, self.registry, self.settings.codec, self.settings.deflate_level
+                )
+                self._submit(lane, enc)
+            if chunker.open_first >= boundary:
+                done.append(tp)
+        for tp, chunker in list(catchup.chunkers.items()):
+            state = self.parts.get(tp)
+            if state is None or (tp not in done and chunker.open_first >= state.chunker.open_first):
+                done.append(tp)
+        for tp in set(done):
+            chunker_done = catchup.chunkers.pop(tp, None)
+            state = self.parts.get(tp)
+            if chunker_done is not None and state is not None and tp not in lane.conflicted:
+                self._join_live(lane, tp, chunker_done.open_first)
+        if done:
+            remaining = [KafkaTP(t, p, c.position) for (t, p), c in catchup.chunkers.items()]
+            if remaining:
+                catchup.consumer.assign(remaining)
+            else:
+                catchup.consumer.close()
+                lane.catchup = None
+                log.info("catchup_done", extra=fields(store=lane.name))
+            self.metrics.catching_up.labels(lane.name).set(len(remaining))
+
+    def _join_live(self, lane: Lane, tp: TP, at: int) -> None:
+        lane.live.add(tp)
+        lane.dispatched[tp] = at
+
+    # ------------------------------------------------------------------ orphans and plans
+    def _list_cuts(self, lane: Lane, tp: TP, start: int) -> list[tuple[int, int]]:
+        out = []
+        for info in lane.store.list(
+            partition_prefix(*tp), start_after=offset_marker(tp[0], tp[1], start)
+        ):
+            key = parse_key(info.key)
+            if (
+                key is not None
+                and key.topic == tp[0]
+                and key.partition == tp[1]
+                and key.first >= start
+            ):
+                out.append((key.first, key.last))
+        return out
+
+    def _reconcile_orphans(self, lane: Lane, tp: TP, position: int, plan: CutPlan) -> None:
+        """Objects past the lane's committed position were written but never committed (a
+        crash between put and commit). One that matches a known cut is kept (the next put
+        finds it already present); one that overlaps a known cut differently was never
+        committed by anyone and would double offsets: it is deleted. Others join the plan."""
+        for first, last in self._list_cuts(lane, tp, position):
+            if plan.end_for(first) == last:
+                continue
+            if plan.overlapping(first, last):
+                key = str(parse_key(f"{partition_prefix(*tp)}{first:020d}-{last:020d}.avro"))
+                log.warning(
+                    "uncommitted_object_deleted",
+                    extra=fields(store=lane.name, topic=tp[0], partition=tp[1], key=key),
+                )
+                lane.store.delete(key)
+            else:
+                plan.add(first, last)
+
+    def _prepare(self, tp: TP) -> PartitionState:
+        """Decide where a newly assigned partition starts and which cuts it must follow."""
+        commits: dict[str, int | None] = {}
+        for lane in self.lanes:
+            assert lane.progress is not None
+            commits[lane.name] = lane.progress.committed([tp]).get(tp)
+        assert self._consumer is not None
+        low, _high = self._consumer.get_watermark_offsets(KafkaTP(*tp), timeout=10, cached=False)
+        low = max(low, 0)
+        pos = {name: (c if c is not None else low) for name, c in commits.items()}
+        up = [ln for ln in self.lanes if ln.mode is LaneMode.UP]
+        start = max(pos.values())
+        floor = min(pos.values())
+        plan = CutPlan()
+        state = PartitionState(
+            tp=tp, chunker=PartitionChunker(tp[0], tp[1], self.rules, start, plan), plan=plan
+        )
+        for lane in self.lanes:
+            lane.positions[tp] = pos[lane.name]
+            lane.committed[tp] = pos[lane.name]
+            self.metrics.committed.labels(lane.name, tp[0], str(tp[1])).set(pos[lane.name])
+        # Committed objects first (they are authoritative), then uncommitted ones.
+        listed: dict[str, list[tuple[int, int]]] = {}
+        for lane in self.lanes:
+            if lane.mode is not LaneMode.UP:
+                continue
+            try:
+                listed[lane.name] = self._list_cuts(lane, tp, floor)
+            except StoreError as exc:
+                self._mark_down(lane, str(exc))
+        for lane in self.lanes:
+            for first, last in listed.get(lane.name, []):
+                if last < pos[lane.name]:
+                    try:
+                        plan.add(first, last)
+                    except PlanConflict as exc:
+                        log.error(
+                            "stores_disagree",
+                            extra=fields(topic=tp[0], partition=tp[1], error=str(exc)),
+                        )
+        # A store that is down but ahead of every reachable one has cuts nobody else knows:
+        # writing that range now could cut differently from it. Wait until it answers.
+        known_until = max([floor] + [pos[ln.name] for ln in self.lanes if ln.name in listed])
+        state.ready = known_until >= start
+        if not state.ready:
+            log.warning(
+                "partition_waits_for_store",
+                extra=fields(
+                    topic=tp[0],
+                    partition=tp[1],
+                    stores=[ln.name for ln in self.lanes if ln.name not in listed],
+                ),
+            )
+            return state
+        for lane in up:
+            if lane.name not in listed:
+                continue
+            try:
+                self._reconcile_orphans(lane, tp, pos[lane.name], plan)
+            except StoreError as exc:
+                self._mark_down(lane, str(exc))
+                continue
+            if pos[lane.name] >= start:
+                self._join_live(lane, tp, start)
+        return state
+
+    def _retry_prepare(self, state: PartitionState) -> None:
+        for lane in self.lanes:
+            if lane.mode is LaneMode.DOWN and lane.probe is None:
+                try:
+                    lane.store.health_check()
+                except StoreError:
+                    continue
+                lane.mode = LaneMode.UP
+        fresh = self._prepare(state.tp)
+        if fresh.ready:
+            self.parts[state.tp] = fresh
+            assert self._consumer is not None
+            self._consumer.seek(KafkaTP(state.tp[0], state.tp[1], fresh.chunker.position))
+            for lane in self.lanes:
+                if lane.mode is LaneMode.UP and state.tp not in lane.live and lane.catchup is None:
+                    self._start_catchup(lane)
+
+    # ------------------------------------------------------------------ rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+        self.broker_up = True
+        assigned = []
+        for ktp in partitions:
+            tp = (ktp.topic, ktp.partition)
+            state = self._prepare(tp)
+            self.parts[tp] = state
+            assigned.append(KafkaTP(tp[0], tp[1], state.chunker.position))
+            log.info(
+                "partition_assigned",
+                extra=fields(
+                    topic=tp[0], partition=tp[1], start=state.chunker.position, ready=state.ready
+                ),
+            )
+        consumer.assign(assigned)
+        for lane in self.lanes:
+            if lane.mode is LaneMode.UP and lane.catchup is None:
+                self._start_catchup(lane)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+        tps = {(k.topic, k.partition) for k in partitions}
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        for lane in self.lanes:
+            self._drain(lane, tps, deadline)
+        self._commit(force=True)
+        for tp in tps:
+            self.parts.pop(tp, None)
+            for lane in self.lanes:
+                lane.live.discard(tp)
+                lane.conflicted.discard(tp)
+                lane.positions.pop(tp, None)
+                lane.committed.pop(tp, None)
+                lane.dispatched.pop(tp, None)
+                lane.inflight.pop(tp, None)
+                if lane.catchup is not None:
+                    lane.catchup.chunkers.pop(tp, None)
+        for lane in self.lanes:
+            if lane.catchup is not None:
+                remaining = [
+                    KafkaTP(t, p, c.position) for (t, p), c in lane.catchup.chunkers.items()
+                ]
+                if remaining:
+                    lane.catchup.consumer.assign(remaining)
+                else:
+                    lane.catchup.consumer.close()
+                    lane.catchup = None
+        log.info("partitions_revoked", extra=fields(partitions=sorted(f"{t}/{p}" for t, p in tps)))
+
+    def _drain(self, lane: Lane, tps: set[TP] | None, deadline: float) -> None:
+        """Wait (until `deadline`) for the puts of these partitions to end; cancel the rest."""
+        futures = [
+            item.future
+            for tp, queue in lane.inflight.items()
+            if tps is None or tp in tps
+            for item in queue
+        ]
+        _done, late = wait(futures, timeout=max(deadline - time.monotonic(), 0))
+        for future in late:
+            future.cancel()
+        self._reap(lane)
+
+    # ------------------------------------------------------------------ commits and pausing
+    def _commit(self, force: bool = False) -> None:
+        self._last_commit = time.monotonic()
+        if self._dlq is not None and self._dlq_dirty:
+            try:
+                self._dlq.flush(timeout=10.0 if not force else 30.0)
+                self._dlq_dirty = False
+            except DeadLetterError:
+                log.error("dead_letter_not_acknowledged", exc_info=True)
+                return  # never move past a bad record that is not safely in the dead-letter topic
+        for lane in self.lanes:
+            changed = {
+                tp: pos for tp, pos in lane.positions.items() if lane.committed.get(tp) != pos
+            }
+            if not changed or lane.progress is None:
+                continue
+            try:
+                lane.progress.commit(changed)
+            except KafkaException as exc:
+                log.warning("commit_failed", extra=fields(store=lane.name, error=str(exc)))
+                continue
+            lane.committed.update(changed)
+            for (topic, partition), pos in changed.items():
+                self.metrics.committed.labels(lane.name, topic, str(partition)).set(pos)
+        for tp, state in self.parts.items():
+            low = min((ln.positions.get(tp, 0) for ln in self.lanes), default=0)
+            state.plan.trim_below(low)
+
+    def _apply_pause(self, consumer: Consumer) -> None:
+        """Pause a partition no lane takes, or whose only lanes are full; resume otherwise.
+        Past a lane's share of the buffer, a lane that is not alone is dropped to catch up."""
+        for lane in self.lanes:
+            if lane.mode is LaneMode.UP and lane.pending_bytes > self._max_lane_bytes:
+                others = [
+                    ln
+                    for ln in self.lanes
+                    if ln is not lane
+                    and ln.mode is LaneMode.UP
+                    and ln.pending_bytes <= self._max_lane_bytes
+                    and ln.live
+                ]
+                if others:
+                    self._mark_down(
+                        lane, "too slow: its queue passed its share of max_buffer_bytes"
+                    )
+        to_pause, to_resume = [], []
+        for tp, state in self.parts.items():
+            takers = [ln for ln in self.lanes if tp in ln.live]
+            full = bool(takers) and all(ln.pending_bytes > self._max_lane_bytes for ln in takers)
+            should_pause = not state.ready or not takers or full
+            if should_pause and not state.paused:
+                to_pause.append(KafkaTP(*tp))
+                state.paused = True
+            elif not should_pause and state.paused:
+                to_resume.append(KafkaTP(*tp))
+                state.paused = False
+        if to_pause:
+            consumer.pause(to_pause)
+        if to_resume:
+            consumer.resume(to_resume)
+
+    def _kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if self.broker_up:
+                log.error("broker_down", extra=fields(error=str(err)))
+            self.broker_up = False
+        else:
+            log.warning("kafka_error", extra=fields(error=str(err)))
+
+    # ------------------------------------------------------------------ introspection
+    def readiness(self) -> dict[str, Any]:
+        return {
+            "broker": self.broker_up,
+            "stores": {lane.name: lane.mode is LaneMode.UP for lane in self.lanes},
+        }
+
+    def lane(self, name: str) -> Lane:
+        return next(ln for ln in self.lanes if ln.name == name)
+
+    def caught_up(self, ends: dict[TP, int]) -> bool:
+        """True when every lane has committed `ends` (next offsets) for every partition."""
+        return all(
+            lane.committed.get(tp, -1) >= end for lane in self.lanes for tp, end in ends.items()
+        )
