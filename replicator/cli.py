@@ -1,0 +1,183 @@
+"""The command line: a thin layer over the service and its tools.
+
+Every command turns an expected failure (bad setting, unreachable server) into one readable
+line on stderr and a non-zero exit code: 2 for a bad setting, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from replicator import __version__
+from replicator.cli_produce import produce_command
+from replicator.cli_stack import app as stack_app
+from replicator.config import Settings, load_settings
+from replicator.errors import ConfigError, ReplicatorError, StoreError
+from replicator.logs import fields, setup_logging
+
+log = logging.getLogger("replicator")
+
+app = typer.Typer(
+    name="replicator",
+    help="Replicate SNDS change events from Kafka into Azure Blob Storage and Scaleway Object "
+    "Storage at once, and keep the two identical.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(
+    stack_app, name="stack", help="Run the local stack (Kafka, S3, Azure) for demos and tests."
+)
+app.command("produce", help="Produce synthetic SNDS change events (optionally with bad ones).")(
+    produce_command
+)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def wait_for_broker(settings: Settings, stop_after: float | None = None) -> AdminClient:
+    """Retry with backoff until the broker answers; report every attempt."""
+    admin = AdminClient(settings.kafka_common())
+    delay = 1.0
+    started = time.monotonic()
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=5)
+        except KafkaException as exc:
+            if stop_after is not None and time.monotonic() - started > stop_after:
+                raise ReplicatorError(
+                    f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}"
+                ) from None
+            log.warning(
+                "waiting_for_broker",
+                extra=fields(
+                    bootstrap=settings.kafka_bootstrap, retry_in_s=delay, error=str(exc.args[0])
+                ),
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        missing = [
+            t for t in [*settings.topics, settings.dead_letter_topic] if t not in metadata.topics
+        ]
+        if missing:
+            raise ConfigError(
+                "topic(s) not found on the broker: "
+                + ", ".join(missing)
+                + " (create them, or fix REPLICATOR_TOPICS / REPLICATOR_DEAD_LETTER_TOPIC)"
+            )
+        return admin
+
+
+@app.command()
+def run() -> None:
+    """Run the service: consume, validate, and write every record to every store."""
+    settings = _settings()
+    setup_logging(settings.log_level, settings.log_format)
+    from replicator.metrics import Metrics
+    from replicator.pipeline import Replicator
+    from replicator.schemas import SchemaRegistry
+    from replicator.server import start_http
+
+    try:
+        registry = SchemaRegistry.load(settings.schemas_dir)
+        log.info("configuration", extra=fields(**settings.printable()))
+        wait_for_broker(settings)
+        from replicator.stores.factory import build_stores
+
+        stores = build_stores(settings)
+        metrics = Metrics()
+        service = Replicator(settings, stores, registry, metrics)
+        service.install_signal_handlers()
+        server = start_http(settings.metrics_host, settings.metrics_port, service)
+        try:
+            service.run()
+        finally:
+            server.shutdown()
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    except ReplicatorError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def check() -> None:
+    """Test connectivity and permissions to the broker and to every store; exit 1 naming
+    what failed."""
+    settings = _settings()
+    setup_logging("WARNING", "human")
+    from replicator.check import run_checks
+
+    results = run_checks(settings)
+    width = max(len(r.target) for r in results)
+    for r in results:
+        mark = "ok  " if r.ok else "FAIL"
+        typer.echo(f"{mark} {r.target:<{width}}  {r.detail}")
+    failed = [r.target for r in results if not r.ok]
+    if failed:
+        raise fail("check failed: " + ", ".join(failed))
+
+
+@app.command("config")
+def show_config(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object")] = False,
+) -> None:
+    """Print the effective configuration, secrets masked."""
+    settings = _settings()
+    values = settings.printable()
+    if as_json:
+        typer.echo(json.dumps(values, default=str))
+    else:
+        for name, value in values.items():
+            typer.echo(f"{name} = {value}")
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="Records to produce over both topics")] = 20_000,
+    bad_share: Annotated[float, typer.Option(help="Share of bad records")] = 0.01,
+    root: Annotated[Path, typer.Option(help="Folder of the local stack")] = Path(".stack"),
+) -> None:
+    """Start the local stack, produce synthetic records (some bad), replicate them into both
+    stores until caught up, and print what landed where."""
+    from replicator.demo import run_demo
+
+    try:
+        run_demo(count=count, bad_share=bad_share, root=root)
+    except ReplicatorError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+_ = (Any, StoreError)
