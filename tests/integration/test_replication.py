@@ -215,3 +215,27 @@ def test_sigterm_finishes_writes_commits_and_exits_in_time(
     assert code == 0
     assert time.monotonic() - started < 5.0 + 10.0  # the bound plus a consumer close
     assert '"event": "stopped"' in service.log_text()
+
+
+def test_a_second_signal_exits_at_once_and_still_loses_nothing(
+    stack: Any, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = settings_factory(chunk_max_records=100, shutdown_timeout_s=30.0)
+    env = stack.env()
+    produced = produce_records(settings, count=3000, bad_share=0.0, seed=41)
+    service = Service(settings, tmp_path).start()
+    assert service.proc is not None
+    time.sleep(4)  # mid-run
+    service.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    service.proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = service.proc.wait(timeout=10)
+    assert code in (0, 128 + signal.SIGTERM), code
+    assert time.monotonic() - started < 5
+    service.start()
+    try:
+        wait_committed(settings.kafka_bootstrap, groups(settings), produced.ends, 120, [service])
+    finally:
+        assert service.stop() == 0
+    assert_replicated(settings, env, produced)
