@@ -4,8 +4,10 @@ A replay over the same records cuts the same way, so it computes the same keys:
 
 - count:  a chunk covers at most `max_records` offsets;
 - bytes:  its raw Avro bodies add up to at most `max_bytes` (a single larger record is alone);
-- window: its records' own timestamps fall in one window of `window_ms` (record time);
-- schema: its records share one writer schema id (one container file has one schema).
+- window: its records' own timestamps fall in one window of `window_ms` (record time).
+
+Records of several writer schemas share a chunk (the container's value is a union of them,
+see `container`), so a rolling upgrade of the producers does not shatter chunks.
 
 Two cuts depend on something else and are made once, then followed by everyone:
 
@@ -45,9 +47,9 @@ class Chunk:
     first: int
     last: int
     records: list[RawRecord]
-    schema_id: int | None  # None when the chunk holds no record (all dead-lettered)
+    schema_ids: list[int]  # the writer schema id of each record, in order
     skipped: int  # offsets covered without a record in the chunk
-    reason: str  # why it was cut: count, bytes, window, schema, flush, plan, align, boundary
+    reason: str  # why it was cut: count, bytes, window, flush, plan, align, boundary
 
     @property
     def key(self) -> ChunkKey:
@@ -122,7 +124,7 @@ class PartitionChunker:
         self.position = start  # next offset expected
         self._records: list[RawRecord] = []
         self._bytes = 0
-        self._schema_id: int | None = None
+        self._schema_ids: list[int] = []
         self._window: int | None = None
         self._opened_at: float | None = None  # wall clock of the first offset in the open chunk
 
@@ -145,7 +147,7 @@ class PartitionChunker:
             first=self.open_first,
             last=last,
             records=self._records,
-            schema_id=self._schema_id,
+            schema_ids=self._schema_ids,
             skipped=(last - self.open_first + 1) - len(self._records),
             reason=reason,
         )
@@ -154,7 +156,7 @@ class PartitionChunker:
         self.position = max(self.position, last + 1)
         self._records = []
         self._bytes = 0
-        self._schema_id = None
+        self._schema_ids = []
         self._window = None
         self._opened_at = None
         return chunk
@@ -163,7 +165,8 @@ class PartitionChunker:
     def add(
         self, offset: int, record: RawRecord | None, schema_id: int | None, now: float
     ) -> list[Chunk]:
-        """Take the record at `offset` (None: dead-lettered, covered but not kept).
+        """Take the record at `offset` (None: dead-lettered, covered but not kept), written
+        with schema `schema_id`.
 
         Returns the chunks this closes. An offset below the position is ignored (already
         covered); a gap before it is covered by the chunk that takes it.
@@ -186,9 +189,7 @@ class PartitionChunker:
                     planned = self.plan.end_for(self.open_first)
         if planned is None and self._records and record is not None:
             reason = None
-            if schema_id != self._schema_id:
-                reason = "schema"
-            elif record.timestamp_ms // self.rules.window_ms != self._window:
+            if record.timestamp_ms // self.rules.window_ms != self._window:
                 reason = "window"
             elif self._bytes + len(record.body) > self.rules.max_bytes:
                 reason = "bytes"
@@ -196,24 +197,16 @@ class PartitionChunker:
                 # Cut after the last offset taken: a gap before `offset` goes to the chunk
                 # that takes it, as documented.
                 out.append(self._cut(self.position - 1, reason))
-        if (
-            planned is not None
-            and record is not None
-            and self._records
-            and schema_id != self._schema_id
-        ):
-            raise PlanConflict(
-                f"{self.topic}/{self.partition}: schema changes inside the known cut "
-                f"{self.open_first}-{planned}"
-            )
         # Take the offset.
         if not self._has_content():
             self._opened_at = now
         if record is not None:
+            if schema_id is None:
+                raise ValueError("a record needs its writer schema id")
             if not self._records:
-                self._schema_id = schema_id
                 self._window = record.timestamp_ms // self.rules.window_ms
             self._records.append(record)
+            self._schema_ids.append(schema_id)
             self._bytes += len(record.body)
         self.position = offset + 1
         if planned is not None:

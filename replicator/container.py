@@ -5,12 +5,21 @@ the codec and its level are fixed by configuration, and the header holds no cloc
 
 Each record is an envelope around the event exactly as it came from Kafka:
 
-    ReplicatedRecord { offset: long, timestamp: timestamp-millis, key: [null, bytes], value: <writer schema> }
+    ReplicatedRecord { offset: long, timestamp: timestamp-millis, key: [null, bytes],
+                       value: [<writer schema A>, <writer schema B>, ...] }
 
-The Avro binary encoding of a record is the concatenation of its fields' encodings, so the
-envelope is built from the raw Avro body found on the wire (after the 5-byte Confluent header)
-without decoding and re-encoding the event: the writer schema of the chunk is the writer
-schema of its records (a chunk never mixes schema ids).
+The Avro binary encoding of a record is the concatenation of its fields' encodings, and a
+union value is its branch index followed by the branch's encoding, so the envelope is built
+from the raw Avro body found on the wire (after the 5-byte Confluent header) without
+decoding and re-encoding the event.
+
+Why a union: producers move from one schema version to the next gradually (a rolling
+deploy interleaves v1 and v2 records for minutes). One chunk per schema run would then cut
+objects of a few records each. Instead the value is a union of the writer schemas present in
+the chunk, ordered by schema id, so a chunk follows only the count, bytes and time rules.
+Each branch's named types get a namespace suffix `s<schema id>` (Avro forbids two
+definitions of one name in a schema); names never reach the binary encoding, so the bodies
+are untouched. The header lists the ids in `replicator.schema_ids`.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from dataclasses import dataclass
 
 MAGIC = b"Obj\x01"
 BLOCK_TARGET_BYTES = 1024 * 1024  # raw bytes per container block (deterministic: by content)
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +60,68 @@ def _avro_bytes(data: bytes) -> bytes:
     return zigzag_varint(len(data)) + data
 
 
-def envelope_schema(value_schema_json: str | None) -> str:
-    """The container's schema (JSON text) for events of `value_schema_json` (None: no event)."""
-    value: object = json.loads(value_schema_json) if value_schema_json is not None else "null"
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+
+
+def _fullname(name: str, namespace: str | None) -> tuple[str, str | None, str]:
+    """(fullname, namespace, simple name) of a named type's `name` in `namespace`."""
+    if "." in name:
+        ns, simple = name.rsplit(".", 1)
+        return name, ns, simple
+    return (f"{namespace}.{name}" if namespace else name), namespace, name
+
+
+def namespaced(schema: object, suffix: str) -> object:
+    """A copy of a parsed-JSON schema whose named types all live in `<namespace>.<suffix>`.
+    References to them are rewritten; aliases are dropped (they name the old types)."""
+    renamed: dict[str, str] = {}
+
+    def walk(node: object, namespace: str | None) -> object:
+        if isinstance(node, str):
+            if node in _PRIMITIVES:
+                return node
+            full, _ns, _simple = _fullname(node, namespace)
+            return renamed.get(full, renamed.get(node, node))
+        if isinstance(node, list):
+            return [walk(item, namespace) for item in node]
+        if not isinstance(node, dict):
+            return node
+        kind = node.get("type")
+        if kind in _NAMED:
+            full, ns, simple = _fullname(str(node["name"]), node.get("namespace", namespace))
+            new_ns = f"{ns}.{suffix}" if ns else suffix
+            renamed[full] = f"{new_ns}.{simple}"
+            out = {k: v for k, v in node.items() if k != "aliases"}
+            out["name"] = simple
+            out["namespace"] = new_ns
+            if kind in ("record", "error"):
+                out["fields"] = [
+                    {**{k: v for k, v in f.items() if k != "aliases"}, "type": walk(f["type"], ns)}
+                    for f in node["fields"]
+                ]
+            return out
+        out = dict(node)
+        for key in ("items", "values"):
+            if key in out:
+                out[key] = walk(out[key], namespace)
+        if isinstance(kind, (dict, list)) or (
+            isinstance(kind, str) and kind not in _PRIMITIVES and kind not in ("array", "map")
+        ):
+            out["type"] = walk(kind, namespace)
+        return out
+
+    return walk(schema, None)
+
+
+def envelope_schema(value_schemas: Mapping[int, str]) -> str:
+    """The container's schema (JSON text) for events of these writer schemas (id -> JSON);
+    an empty mapping (a chunk of dead-lettered offsets only) gives a null value."""
+    value: object = (
+        [namespaced(json.loads(value_schemas[i]), f"s{i}") for i in sorted(value_schemas)]
+        if value_schemas
+        else "null"
+    )
     schema = {
         "type": "record",
         "name": "ReplicatedRecord",
@@ -73,29 +141,40 @@ def sync_marker(key: str) -> bytes:
     return hashlib.md5(key.encode()).digest()
 
 
-def encode_record(record: RawRecord) -> bytes:
+def encode_record(record: RawRecord, branch: int) -> bytes:
     key = b"\x00" if record.key is None else b"\x02" + _avro_bytes(record.key)
-    return zigzag_varint(record.offset) + zigzag_varint(record.timestamp_ms) + key + record.body
+    return (
+        zigzag_varint(record.offset)
+        + zigzag_varint(record.timestamp_ms)
+        + key
+        + zigzag_varint(branch)
+        + record.body
+    )
 
 
 def encode_container(
     key: str,
-    value_schema_json: str | None,
+    value_schemas: Mapping[int, str],
     records: Sequence[RawRecord],
+    schema_ids: Sequence[int],
     metadata: Mapping[str, str],
     codec: str = "deflate",
     level: int = 6,
 ) -> bytes:
-    """The complete container file. `metadata` values end up in the header, sorted by name."""
+    """The complete container file. `schema_ids[i]` is the writer schema id of `records[i]`;
+    `value_schemas` maps every id used to its JSON. `metadata` values end up in the header,
+    sorted by name."""
     if codec not in ("null", "deflate"):
         raise ValueError(f"unsupported codec {codec!r}")
-    if value_schema_json is None and records:
-        raise ValueError("records need a value schema")
+    if len(records) != len(schema_ids):
+        raise ValueError("one schema id per record")
+    branches = {sid: i for i, sid in enumerate(sorted(value_schemas))}
     sync = sync_marker(key)
     header_meta = {
-        "avro.schema": envelope_schema(value_schema_json).encode(),
+        "avro.schema": envelope_schema(value_schemas).encode(),
         "avro.codec": codec.encode(),
         "replicator.format": FORMAT_VERSION.encode(),
+        "replicator.schema_ids": ",".join(str(i) for i in sorted(value_schemas)).encode(),
     }
     for name, value in metadata.items():
         header_meta[f"replicator.{name}"] = value.encode()
@@ -123,8 +202,12 @@ def encode_container(
         block = bytearray()
         count = 0
 
-    for record in records:
-        block += encode_record(record)
+    for record, sid in zip(records, schema_ids, strict=True):
+        try:
+            branch = branches[sid]
+        except KeyError:
+            raise ValueError(f"no schema given for schema id {sid}") from None
+        block += encode_record(record, branch)
         count += 1
         if len(block) >= BLOCK_TARGET_BYTES:
             close_block()

@@ -84,7 +84,7 @@ class EncodedChunk:
 def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int) -> EncodedChunk:
     """Encode once; the same buffer goes to every store."""
     key = str(chunk.key)
-    schema_json = registry.get(chunk.schema_id).schema_json if chunk.schema_id is not None else None
+    schemas = {sid: registry.get(sid).schema_json for sid in set(chunk.schema_ids)}
     meta = {
         "topic": chunk.topic,
         "partition": str(chunk.partition),
@@ -92,9 +92,10 @@ def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int)
         "last_offset": str(chunk.last),
         "records": str(len(chunk.records)),
         "skipped": str(chunk.skipped),
-        "schema_id": "" if chunk.schema_id is None else str(chunk.schema_id),
     }
-    data = encode_container(key, schema_json, chunk.records, meta, codec=codec, level=level)
+    data = encode_container(
+        key, schemas, chunk.records, chunk.schema_ids, meta, codec=codec, level=level
+    )
     return EncodedChunk(
         topic=chunk.topic,
         partition=chunk.partition,
@@ -104,7 +105,7 @@ def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int)
         data=data,
         md5=hashlib.md5(data).digest(),
         records=len(chunk.records),
-        metadata={k: v for k, v in meta.items() if k != "schema_id" or v},
+        metadata=meta,
     )
 
 
@@ -246,6 +247,14 @@ class Replicator:
                 version=__version__, stores=[ln.name for ln in self.lanes], topics=s.topics
             ),
         )
+        from replicator.cutover import retired_stores  # the cutover record, read once
+
+        retired = retired_stores([ln.store for ln in self.lanes])
+        for lane in [ln for ln in self.lanes if ln.name in retired]:
+            log.warning("store_retired", extra=fields(store=lane.name))
+            lane.executor.shutdown(wait=False)
+            lane.store.close()
+        self.lanes = [ln for ln in self.lanes if ln.name not in retired]
         for lane in self.lanes:
             lane.progress = ProgressLog(self.kafka_conf, s.progress_group(lane.name))
             self.metrics.store_up.labels(lane.name).set(0)
@@ -473,6 +482,8 @@ class Replicator:
                             store=lane.name,
                             topic=tp[0],
                             partition=tp[1],
+                            first=item.chunk.first,
+                            last=item.chunk.last,
                             key=exc.key,
                             existing_md5=exc.existing_md5,
                             new_md5=exc.new_md5,
@@ -688,7 +699,14 @@ class Replicator:
                 key = str(parse_key(f"{partition_prefix(*tp)}{first:020d}-{last:020d}.avro"))
                 log.warning(
                     "uncommitted_object_deleted",
-                    extra=fields(store=lane.name, topic=tp[0], partition=tp[1], key=key),
+                    extra=fields(
+                        store=lane.name,
+                        topic=tp[0],
+                        partition=tp[1],
+                        first=first,
+                        last=last,
+                        key=key,
+                    ),
                 )
                 lane.store.delete(key)
             else:
@@ -714,7 +732,7 @@ class Replicator:
         for lane in self.lanes:
             lane.positions[tp] = pos[lane.name]
             lane.committed[tp] = pos[lane.name]
-            self.metrics.committed.labels(lane.name, tp[0], str(tp[1])).set(pos[lane.name])
+            self.metrics.replica_committed.labels(lane.name, tp[0], str(tp[1])).set(pos[lane.name])
         # Committed objects first (they are authoritative), then uncommitted ones.
         listed: dict[str, list[tuple[int, int]]] = {}
         for lane in self.lanes:
@@ -858,11 +876,18 @@ class Replicator:
             try:
                 lane.progress.commit(changed)
             except KafkaException as exc:
-                log.warning("commit_failed", extra=fields(store=lane.name, error=str(exc)))
+                log.warning(
+                    "commit_failed",
+                    extra=fields(
+                        store=lane.name,
+                        offsets={f"{t}/{p}": o for (t, p), o in changed.items()},
+                        error=str(exc),
+                    ),
+                )
                 continue
             lane.committed.update(changed)
             for (topic, partition), pos in changed.items():
-                self.metrics.committed.labels(lane.name, topic, str(partition)).set(pos)
+                self.metrics.replica_committed.labels(lane.name, topic, str(partition)).set(pos)
         for tp, state in self.parts.items():
             low = min((ln.positions.get(tp, 0) for ln in self.lanes), default=0)
             state.plan.trim_below(low)
