@@ -20,6 +20,7 @@ machines are noisy: the ratio holds where the absolute figure does not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -69,9 +70,10 @@ def raw_consume(settings: Settings, ends: dict[TP, int]) -> float:
         for msg in consumer.consume(10000, timeout=1.0):
             if msg.error() is not None:
                 continue
-            tp = (msg.topic(), msg.partition())
-            if msg.offset() + 1 >= remaining.get(tp, 1 << 62):  # type: ignore[operator]
-                remaining.pop(tp, None)  # type: ignore[arg-type]
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None
+            if offset + 1 >= remaining.get((topic, partition), 1 << 62):
+                remaining.pop((topic, partition), None)
     elapsed = time.perf_counter() - started
     consumer.close()
     return elapsed
@@ -86,10 +88,8 @@ def wait_groups(
     proc = psutil.Process(service.proc.pid)
     try:
         while True:
-            try:
+            with contextlib.suppress(psutil.Error):
                 rss.append(proc.memory_info().rss / 2**20)
-            except psutil.Error:
-                pass
             done = all(
                 all(r.committed(list(ends)).get(tp, -1) >= end for tp, end in ends.items())
                 for r in readers
@@ -113,10 +113,19 @@ def reset_group(stack: LocalStack, group: str, ends: dict[TP, int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--skip", nargs="*", default=[], choices=["catchup", "replay"])
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        default=2.0,
+        help="REPLICATOR_FLUSH_INTERVAL_S for the runs: the wall-clock cut of the last, partial "
+        "chunks of each partition, which the end-to-end time includes",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
@@ -147,10 +156,20 @@ def main() -> None:
             session_timeout_ms=6000,
             metrics_port=0,
             log_level="WARNING",
+            flush_interval_s=args.flush_interval,
         )
-        print(f"producing {args.records:,} records over {len(DEMO_TOPICS)} topics x {args.partitions} partitions", flush=True)
+        print(
+            f"producing {args.records:,} records over {len(DEMO_TOPICS)} topics x {args.partitions} partitions",
+            flush=True,
+        )
         report = produce(
-            base.kafka_common(), list(DEMO_TOPICS), args.records, None, 42, 0.001, None,
+            base.kafka_common(),
+            list(DEMO_TOPICS),
+            args.records,
+            None,
+            42,
+            0.001,
+            None,
             SchemaRegistry.load(base.schemas_dir),
         )
         ends = report.end_offsets
@@ -166,20 +185,37 @@ def main() -> None:
         log_dir.mkdir()
 
         # End to end into both stores.
-        settings = base.model_copy(update={"group_id": "bench-e2e", "s3_prefix": "e2e", "azure_prefix": "e2e"})
+        settings = base.model_copy(
+            update={"group_id": "bench-e2e", "s3_prefix": "e2e", "azure_prefix": "e2e"}
+        )
         rss: list[float] = []
         service = Service(settings, log_dir, name="e2e").start()
-        e2e_s = wait_groups(settings, [settings.progress_group(s) for s in settings.stores], ends, service, rss)
+        e2e_s = wait_groups(
+            settings, [settings.progress_group(s) for s in settings.stores], ends, service, rss
+        )
         service.stop()
-        stored = sum(o["Size"] for o in stack.s3.list_objects_v2(Bucket="bench-s3", Prefix="e2e/").get("Contents", []))
+        stored = sum(
+            o["Size"]
+            for page in stack.s3.get_paginator("list_objects_v2").paginate(
+                Bucket="bench-s3", Prefix="e2e/"
+            )
+            for o in page.get("Contents", [])
+        )
         rows.append(Row("end to end, both stores", e2e_s, total, value_mb, max(rss)))
-        print(f"end to end: {total / e2e_s:,.0f} records/s, peak RSS {max(rss):.0f} MiB", flush=True)
+        print(
+            f"end to end: {total / e2e_s:,.0f} records/s, peak RSS {max(rss):.0f} MiB", flush=True
+        )
 
         if "replay" not in args.skip:
             # Replay: reset the S3 group and drive everything again into S3 only.
             reset_group(stack, settings.progress_group("s3"), ends)
             replay = base.model_copy(
-                update={"group_id": "bench-e2e", "s3_prefix": "e2e", "azure_prefix": "e2e", "stores": ["s3"]}
+                update={
+                    "group_id": "bench-e2e",
+                    "s3_prefix": "e2e",
+                    "azure_prefix": "e2e",
+                    "stores": ["s3"],
+                }
             )
             rss = []
             service = Service(replay, log_dir, name="replay").start()
@@ -189,8 +225,13 @@ def main() -> None:
 
         if "catchup" not in args.skip:
             settings = base.model_copy(
-                update={"group_id": "bench-cu", "s3_prefix": "cu", "azure_prefix": "cu",
-                        "health_interval_s": 1.0, "write_retry_s": 1.0}
+                update={
+                    "group_id": "bench-cu",
+                    "s3_prefix": "cu",
+                    "azure_prefix": "cu",
+                    "health_interval_s": 1.0,
+                    "write_retry_s": 1.0,
+                }
             )
             rss = []
             stack.stop_service("azure")
@@ -200,24 +241,41 @@ def main() -> None:
             stack.start_service("azure")
             restarted = time.perf_counter()
             reader = Progress(settings.kafka_bootstrap, settings.progress_group("azure"))
-            behind = sum(end - max(reader.committed(list(ends)).get(tp, 0), 0) for tp, end in ends.items())
+            behind = sum(
+                end - max(reader.committed(list(ends)).get(tp, 0), 0) for tp, end in ends.items()
+            )
             reader.close()
             cu_s = wait_groups(settings, [settings.progress_group("azure")], ends, service, rss)
             cu_s = time.perf_counter() - restarted
             service.stop()
-            rows.append(Row("catch-up of the stopped store", cu_s, behind, value_mb * behind / total, max(rss),
-                            note=f"{behind:,} records behind at restart"))
+            rows.append(
+                Row(
+                    "catch-up of the stopped store",
+                    cu_s,
+                    behind,
+                    value_mb * behind / total,
+                    max(rss),
+                    note=f"{behind:,} records behind at restart",
+                )
+            )
     finally:
         stack.down()
 
     print()
-    print(f"workload: {total:,} records ({args.partitions} partitions x {len(DEMO_TOPICS)} topics), "
-          f"{stored / 1e6:.1f} MB stored per store; machine: {os.cpu_count()} cores")
+    print(
+        f"flush interval {args.flush_interval:g} s (the wall-clock cut of each partition's last chunk)"
+    )
+    print(
+        f"workload: {total:,} records ({args.partitions} partitions x {len(DEMO_TOPICS)} topics), "
+        f"{stored / 1e6:.1f} MB stored per store; machine: {os.cpu_count()} cores"
+    )
     print(f"{'measure':<32} {'seconds':>8} {'records/s':>11} {'x raw':>7} {'peak RSS':>9}")
     for row in rows:
         rate = row.records / row.seconds
         rss_text = f"{row.peak_rss_mib:.0f} MiB" if row.peak_rss_mib else ""
-        print(f"{row.name:<32} {row.seconds:8.2f} {rate:11,.0f} {rate / raw_rate:7.3f} {rss_text:>9}  {row.note}")
+        print(
+            f"{row.name:<32} {row.seconds:8.2f} {rate:11,.0f} {rate / raw_rate:7.3f} {rss_text:>9}  {row.note}"
+        )
 
 
 if __name__ == "__main__":
