@@ -7,6 +7,7 @@ logging them or putting them in an error never reveals them.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from replicator.errors import ConfigError
+from replicator.logs import KAFKA_LOGGER
 
 StoreName = Literal["s3", "azure"]
 
@@ -92,8 +94,14 @@ class Settings(BaseSettings):
     )
 
     # --- Chunks ------------------------------------------------------------------------
-    chunk_max_records: int = Field(default=50_000, ge=1)
-    chunk_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    chunk_max_records: int = Field(
+        default=50_000, ge=1, description="A chunk covers at most this many offsets"
+    )
+    chunk_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="A chunk's raw Avro bodies add up to at most this (one larger record is alone)",
+    )
     chunk_window_s: int = Field(
         default=3600,
         ge=1,
@@ -112,7 +120,7 @@ class Settings(BaseSettings):
     # --- Service -----------------------------------------------------------------------
     schemas_dir: Path = DEFAULT_SCHEMAS_DIR
     max_buffer_bytes: int = Field(
-        default=256 * 1024 * 1024,
+        default=64 * 1024 * 1024,
         ge=1024 * 1024,
         description="Encoded bytes waiting for stores, all stores together; past it a "
         "lagging store is dropped from the live stream and catches up from Kafka",
@@ -121,7 +129,15 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod serves metrics on its own address
-    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    metrics_port: int = Field(
+        default=9108, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz"
+    )
+    lag_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each store's lag is read from Kafka (committed offsets, "
+        "high watermarks, timestamps of the oldest records not yet in the store)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "human", "auto"] = "auto"
 
@@ -178,6 +194,9 @@ class Settings(BaseSettings):
         conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.kafka_security_protocol,
+            # librdkafka's own lines go through logging (JSON like every other line) rather
+            # than straight to stderr; see replicator.logs.KAFKA_LOGGER.
+            "logger": logging.getLogger(KAFKA_LOGGER),
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism

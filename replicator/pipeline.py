@@ -268,6 +268,7 @@ class Replicator:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": s.session_timeout_ms,
+                "queued.max.messages.kbytes": s.fetch_buffer_kbytes,
                 "heartbeat.interval.ms": max(s.session_timeout_ms // 5, 500),
                 "partition.assignment.strategy": "range",
                 "enable.partition.eof": False,
@@ -608,6 +609,7 @@ class Replicator:
             {
                 **self.kafka_conf,
                 "group.id": f"{self.settings.group_id}.{lane.name}.catchup",
+                "queued.max.messages.kbytes": self.settings.fetch_buffer_kbytes,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": False,
