@@ -55,7 +55,16 @@ class Settings(BaseSettings):
         "the group '<group_id>.<store>'",
     )
     session_timeout_ms: int = Field(
-        default=10_000, ge=1_000, description="Consumer session timeout"
+        default=10_000,
+        ge=1_000,
+        description="Consumer session timeout; a new member gets its partitions after about "
+        "half of it on some brokers",
+    )
+    fetch_buffer_kbytes: int = Field(
+        default=16_384,
+        ge=1024,
+        description="Pre-fetched kilobytes the consumer may hold (librdkafka "
+        "queued.max.messages.kbytes)",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None

@@ -163,6 +163,11 @@ def test_a_store_down_stops_neither_the_other_nor_the_service(
             settings.kafka_bootstrap, [settings.progress_group("s3")], produced.ends, 120, [service]
         )
         assert service.alive()
+        # The service notices (puts fail past write_retry_s) before the store returns.
+        deadline = time.monotonic() + 60
+        while '"store_down"' not in service.log_text():
+            assert time.monotonic() < deadline, service.log_text()[-3000:]
+            time.sleep(0.2)
         stack.start_service("azure")
         wait_committed(settings.kafka_bootstrap, groups(settings), produced.ends, 180, [service])
     finally:
