@@ -171,6 +171,9 @@ class PartitionChunker:
         Returns the chunks this closes. An offset below the position is ignored (already
         covered); a gap before it is covered by the chunk that takes it.
         """
+        if record is not None and schema_id is None:
+            # Checked before any cut: raising after one would lose the chunks it closed.
+            raise ValueError("a record needs its writer schema id")
         if offset < self.position:
             return []
         out: list[Chunk] = []
@@ -201,8 +204,7 @@ class PartitionChunker:
         if not self._has_content():
             self._opened_at = now
         if record is not None:
-            if schema_id is None:
-                raise ValueError("a record needs its writer schema id")
+            assert schema_id is not None  # checked on entry
             if not self._records:
                 self._window = record.timestamp_ms // self.rules.window_ms
             self._records.append(record)

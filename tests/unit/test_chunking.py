@@ -1,5 +1,6 @@
-"""Chunk cutting: each rule cuts exactly where documented, chunks are contiguous, and a
-replay that follows the plan of cuts already made cuts exactly the same chunks."""
+"""Chunk cutting: each rule cuts exactly where documented, chunks are contiguous, records
+of several writer schemas share a chunk (each keeping its schema id), and a replay that
+follows the plan of cuts already made cuts exactly the same chunks."""
 
 from __future__ import annotations
 
@@ -140,42 +141,118 @@ def test_window_of_negative_timestamps_is_floored() -> None:
     assert spans(chunks) == [(0, 0, "window")]
 
 
-# -- schema --------------------------------------------------------------------------------
-def test_schema_change_cuts() -> None:
+# -- schema ids ----------------------------------------------------------------------------
+def test_records_of_different_schemas_share_a_chunk() -> None:
+    """No cut on a schema change (a rolling upgrade interleaves versions): records keep
+    their order, and each its own schema id."""
     c = chunker(rules())
-    chunks = feed(c, good([0, 1], schema_id=7) + good([2], schema_id=8) + good([3], schema_id=7))
-    assert spans(chunks) == [(0, 1, "schema"), (2, 2, "schema")]
-    assert [ch.schema_id for ch in chunks] == [7, 8]
+    steps = good([0, 1], schema_id=7) + good([2], schema_id=8) + good([3, 4], schema_id=7)
+    assert feed(c, steps) == []
+    chunk = c.flush()
+    assert chunk == Chunk(TOPIC, 0, 0, 4, [rec(o) for o in range(5)], [7, 7, 8, 7, 7], 0, "flush")
 
 
-def test_schema_wins_over_other_reasons() -> None:
+def test_schema_ids_follow_their_records_across_rule_cuts() -> None:
+    c = chunker(rules(max_records=3))
+    ids = [1, 3, 1, 3, 3, 1, 2]
+    chunks = feed(c, [(o, rec(o), sid) for o, sid in enumerate(ids)])
+    assert spans(chunks) == [(0, 2, "count"), (3, 5, "count")]
+    assert [(offsets_of(ch), ch.schema_ids) for ch in chunks] == [
+        ([0, 1, 2], [1, 3, 1]),
+        ([3, 4, 5], [3, 3, 1]),
+    ]
+    last = c.flush()
+    assert last is not None
+    assert (offsets_of(last), last.schema_ids) == ([6], [2])
+
+
+def test_a_schema_change_does_not_change_which_rule_cuts() -> None:
     c = chunker(rules(max_bytes=1, window_ms=10))
     chunks = feed(c, [(0, rec(0, 1, ts=0), 1), (1, rec(1, 5, ts=50), 2)])
-    assert spans(chunks) == [(0, 0, "schema")]
+    assert spans(chunks) == [(0, 0, "window")]
+    assert chunks[0].schema_ids == [1]
+    c = chunker(rules(max_bytes=3))
+    chunks = feed(c, [(0, rec(0, 1), 1), (1, rec(1, 2), 2), (2, rec(2, 1), 1)])
+    assert spans(chunks) == [(0, 1, "bytes")]
+    assert chunks[0].schema_ids == [1, 2]
 
 
 def test_dead_lettered_offsets_never_cut_by_rules() -> None:
-    """A dead-lettered offset has no schema, time or body: no rule applies to it."""
+    """A dead-lettered offset has no schema, time or body: no rule applies to it, and a
+    schema id given with it is not kept."""
     c = chunker(rules(max_bytes=2, window_ms=10))
     chunks = feed(
         c, [(0, rec(0, 1, ts=0), 1), (1, None, 2), (2, None, None), (3, rec(3, 1, ts=5), 1)]
     )
     assert chunks == []
-    assert c.flush() == Chunk(TOPIC, 0, 0, 3, [rec(0, 1, ts=0), rec(3, 1, ts=5)], 1, 2, "flush")
+    assert c.flush() == Chunk(
+        TOPIC, 0, 0, 3, [rec(0, 1, ts=0), rec(3, 1, ts=5)], [1, 1], 2, "flush"
+    )
 
 
 def test_chunk_of_dead_letters_only() -> None:
     c = chunker(rules(max_records=3))
-    chunks = feed(c, [(0, None, None), (1, None, None), (2, None, None)])
-    assert chunks == [Chunk(TOPIC, 0, 0, 2, [], None, 3, "count")]
+    chunks = feed(c, [(0, None, None), (1, None, 4), (2, None, None)])
+    assert chunks == [Chunk(TOPIC, 0, 0, 2, [], [], 3, "count")]
 
 
-def test_first_record_after_dead_letters_sets_the_schema() -> None:
-    c = chunker(rules())
+def test_first_record_after_dead_letters_keeps_its_schema() -> None:
+    c = chunker(rules(max_records=3))
     chunks = feed(c, [(0, None, None), (1, rec(1), 5), (2, rec(2), 6)])
-    assert spans(chunks) == [(0, 1, "schema")]
-    assert chunks[0].schema_id == 5
+    assert spans(chunks) == [(0, 2, "count")]
+    assert chunks[0].schema_ids == [5, 6]
     assert chunks[0].skipped == 1
+
+
+def test_a_cut_chunk_keeps_its_own_lists() -> None:
+    """The open chunk's lists are handed over at the cut, not shared with the next one."""
+    c = chunker(rules(max_records=2))
+    (first,) = feed(c, good([0, 1], schema_id=4))
+    feed(c, good([2], schema_id=9))
+    assert (first.records, first.schema_ids) == ([rec(0), rec(1)], [4, 4])
+    first.schema_ids.append(99)
+    last = c.flush()
+    assert last is not None
+    assert last.schema_ids == [9]
+
+
+def test_a_record_without_a_schema_id_is_refused() -> None:
+    c = chunker(rules())
+    with pytest.raises(ValueError, match="a record needs its writer schema id"):
+        c.add(0, rec(0), None, now=0.0)
+    assert (c.open_first, c.position, c.flush()) == (0, 0, None)
+
+
+@pytest.mark.parametrize(
+    ("r", "known", "next_offset", "closed"),
+    [
+        (rules(window_ms=10), [], 1, [(0, 0, "window")]),  # a rule cut is due
+        (rules(max_bytes=1), [], 1, [(0, 0, "bytes")]),
+        (rules(), [(0, 1), (2, 2)], 3, [(0, 1, "plan"), (2, 2, "plan")]),  # known cuts
+        (rules(), [(2, 5)], 2, [(0, 1, "align")]),
+        (rules(), [], 0, []),  # below the position
+    ],
+)
+def test_a_refused_record_changes_nothing(
+    r: ChunkRules,
+    known: list[tuple[int, int]],
+    next_offset: int,
+    closed: list[tuple[int, int, str]],
+) -> None:
+    """The check comes before any cut: the chunks the record would have closed are not lost
+    (closed, recorded in the plan, and never returned); the same record with its schema id
+    then closes them."""
+    plan = CutPlan()
+    for first, last in known:
+        plan.add(first, last)
+    c = chunker(r, plan=plan)
+    feed(c, [(0, rec(0, 1, ts=0), 1)])
+    state = (c.open_first, c.position, c.open_bytes, all_cuts(plan))
+    late = rec(next_offset, 1, ts=20)
+    with pytest.raises(ValueError, match="a record needs its writer schema id"):
+        c.add(next_offset, late, None, now=5.0)
+    assert (c.open_first, c.position, c.open_bytes, all_cuts(plan)) == state
+    assert spans(c.add(next_offset, late, 2, now=5.0)) == closed
 
 
 # -- contiguity, gaps, ignored offsets -----------------------------------------------------
@@ -188,9 +265,8 @@ def test_gap_is_covered_by_the_chunk_that_takes_the_next_record() -> None:
 
 
 def test_gap_after_a_rule_cut_goes_to_the_next_chunk() -> None:
-    """Schema, window and bytes cuts end at the last offset taken, not before the gap."""
+    """Window and bytes cuts end at the last offset taken, not before the gap."""
     for r, second in [
-        (rules(), (5, rec(5), 2)),
         (rules(window_ms=10), (5, rec(5, ts=10), 1)),
         (rules(max_bytes=1), (5, rec(5), 1)),
     ]:
@@ -223,7 +299,9 @@ def test_offsets_below_the_position_are_ignored() -> None:
     first = feed(c, good(range(5)))
     assert feed(c, good([1, 3, 4])) == []  # redelivered: already covered
     assert (c.open_first, c.position) == (3, 5)
-    assert feed(c, good([5])) == [Chunk(TOPIC, 0, 3, 5, [rec(3), rec(4), rec(5)], 1, 0, "count")]
+    assert feed(c, good([5])) == [
+        Chunk(TOPIC, 0, 3, 5, [rec(3), rec(4), rec(5)], [1, 1, 1], 0, "count")
+    ]
     assert spans(first) == [(0, 2, "count")]
 
 
@@ -250,7 +328,7 @@ def test_flush_due_after_the_interval_since_the_chunk_opened() -> None:
     assert not c.flush_due(129.999)
     assert c.flush_due(130.0)
     chunk = c.flush()
-    assert chunk == Chunk(TOPIC, 0, 0, 1, [rec(0), rec(1)], 1, 0, "flush")
+    assert chunk == Chunk(TOPIC, 0, 0, 1, [rec(0), rec(1)], [1, 1], 0, "flush")
     assert not c.flush_due(10_000.0)
     assert c.flush() is None
     c.add(2, None, None, now=200.0)  # a dead-lettered offset opens a chunk too
@@ -407,13 +485,15 @@ def test_window_and_bytes_do_not_cut_inside_a_known_cut() -> None:
     assert spans(chunks) == [(0, 2, "plan")]
 
 
-def test_schema_change_inside_a_known_cut_is_a_conflict() -> None:
+def test_schema_changes_inside_a_known_cut_are_followed() -> None:
+    """A known cut may hold records of several schemas (a store wrote it so): no conflict."""
     plan = CutPlan()
-    plan.add(0, 9)
-    c = chunker(rules(), plan=plan)
-    feed(c, good([0, 1], schema_id=1))
-    with pytest.raises(PlanConflict, match="schema changes inside the known cut 0-9"):
-        c.add(2, rec(2), 2, now=0.0)
+    plan.add(0, 4)
+    c = chunker(rules(max_records=2), plan=plan)
+    chunks = feed(c, good([0, 1], schema_id=1) + good([2], schema_id=2) + good([4], schema_id=1))
+    assert [(ch.first, ch.last, ch.reason, ch.schema_ids) for ch in chunks] == [
+        (0, 4, "plan", [1, 1, 2, 1])
+    ]
 
 
 def test_known_cuts_cross_a_gap() -> None:
@@ -533,7 +613,7 @@ events = st.builds(
     dead=st.sampled_from([False, False, False, False, True]),
     size=st.integers(0, 40),
     ts=st.integers(0, 5_000),
-    schema_id=st.sampled_from([1, 1, 1, 1, 2]),
+    schema_id=st.sampled_from([1, 1, 3, 3, 2]),
     dt=st.sampled_from([0.0, 0.0, 1.0, 2.5, 10.0]),
 )
 chunk_rules = st.builds(
@@ -586,8 +666,8 @@ def replay(
     return c, out
 
 
-def content(chunks: list[Chunk]) -> list[tuple[int, int, list[RawRecord], int | None, int]]:
-    return [(c.first, c.last, c.records, c.schema_id, c.skipped) for c in chunks]
+def content(chunks: list[Chunk]) -> list[tuple[int, int, list[RawRecord], list[int], int]]:
+    return [(c.first, c.last, c.records, c.schema_ids, c.skipped) for c in chunks]
 
 
 def check_chunks(s: Scenario, chunks: list[Chunk], open_first: int) -> None:
@@ -601,36 +681,31 @@ def check_chunks(s: Scenario, chunks: list[Chunk], open_first: int) -> None:
         taken = [step for step in s.steps if chunk.first <= step[0] <= chunk.last]
         kept = [step for step in taken if step[1] is not None]
         assert chunk.records == [step[1] for step in kept]
+        assert chunk.schema_ids == [step[2] for step in kept]  # parallel to the records
         assert chunk.skipped == (chunk.last - chunk.first + 1) - len(kept)
         # no rule would have cut inside the chunk
         if kept:
-            assert {step[2] for step in kept} == {chunk.schema_id}
             assert len({step[1].timestamp_ms // r.window_ms for step in kept if step[1]}) == 1
             assert (
                 len(kept) == 1 or sum(len(step[1].body) for step in kept if step[1]) <= r.max_bytes
             )
-        else:
-            assert chunk.schema_id is None
         assert taken and taken[-1][0] == chunk.last  # every cut ends on an offset taken
         for offset, _, _ in taken:
             reached = offset + 1 - chunk.first >= r.max_records
             assert reached == (offset == chunk.last and chunk.reason == "count")
         # and a rule cut is made only when the next record breaks that rule
-        if chunk.reason in ("schema", "window", "bytes"):
+        if chunk.reason in ("window", "bytes"):
             nxt = next(step for step in s.steps if step[0] > chunk.last)
-            record, schema_id = nxt[1], nxt[2]
+            record = nxt[1]
             assert record is not None and kept
             first_rec = kept[0][1]
             assert first_rec is not None
-            schema_breaks = schema_id != chunk.schema_id
             window_breaks = (
                 record.timestamp_ms // r.window_ms != first_rec.timestamp_ms // r.window_ms
             )
             bytes_break = sum(len(x.body) for x in chunk.records) + len(record.body) > r.max_bytes
-            assert chunk.reason == (
-                "schema" if schema_breaks else "window" if window_breaks else "bytes"
-            )
-            assert schema_breaks or window_breaks or bytes_break
+            assert chunk.reason == ("window" if window_breaks else "bytes")
+            assert window_breaks or bytes_break
         else:
             assert chunk.reason in ("count", "flush")
     assert open_first == expected_first
