@@ -68,6 +68,19 @@ $(COMPOSE_STAMP): $(if $(shell command -v docker-compose 2>/dev/null),,FORCE) | 
 	fi
 	@touch $@
 
+# rclone (Debian's package): tests/integration/test_rclone.py and `replicator rclone-check`
+# compare both stores with it. Installed with apt when missing (sudo only when not root).
+RCLONE_STAMP := $(VENV)/.stamp-rclone
+setup: $(RCLONE_STAMP)
+$(RCLONE_STAMP): $(if $(shell command -v rclone 2>/dev/null),,FORCE) | $(PY)
+	@if ! command -v rclone >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends rclone; \
+	fi
+	@touch $@
+
 # Helm reads no file outside the chart: the chart carries byte-identical copies of the
 # monitoring files (tests/unit/test_chart.py fails when they differ). Refresh them with this.
 .PHONY: sync-chart-files

@@ -20,6 +20,12 @@ from confluent_kafka.admin import AdminClient
 from replicator import __version__
 from replicator.cli_produce import produce_command
 from replicator.cli_stack import app as stack_app
+from replicator.cli_verify import (
+    cutover_command,
+    rclone_check_command,
+    replay_command,
+    verify_command,
+)
 from replicator.config import Settings, load_settings
 from replicator.errors import ConfigError, ReplicatorError, StoreError
 from replicator.logs import fields, setup_logging
@@ -39,6 +45,18 @@ app.add_typer(
 )
 app.command("produce", help="Produce synthetic SNDS change events (optionally with bad ones).")(
     produce_command
+)
+app.command("verify", short_help="Prove both stores hold the same data (exit 0/1/3).")(
+    verify_command
+)
+app.command("replay", short_help="Drive an offset or time range into the stores again.")(
+    replay_command
+)
+app.command("cutover", short_help="Retire a store once verify passes; or roll back.")(
+    cutover_command
+)
+app.command("rclone-check", short_help="Compare both stores with rclone (sizes and MD5s).")(
+    rclone_check_command
 )
 
 
@@ -93,6 +111,7 @@ def run() -> None:
     """Run the service: consume, validate, and write every record to every store."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
+    from replicator.lag import LagMonitor
     from replicator.metrics import Metrics
     from replicator.pipeline import Replicator
     from replicator.schemas import SchemaRegistry
@@ -105,14 +124,19 @@ def run() -> None:
         from replicator.stores.factory import build_stores
 
         stores = build_stores(settings)
-        metrics = Metrics()
+        metrics = Metrics(stores=settings.stores, topics=settings.topics)
         service = Replicator(settings, stores, registry, metrics)
         service.install_signal_handlers()
-        server = start_http(settings.metrics_host, settings.metrics_port, service)
+        lag = LagMonitor(settings, metrics).start()  # its own thread and Kafka clients
         try:
-            service.run()
+            server = start_http(settings.metrics_host, settings.metrics_port, service, lag)
+            try:
+                service.run()
+            finally:
+                server.shutdown()
+                server.server_close()
         finally:
-            server.shutdown()
+            lag.stop()
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     except ReplicatorError as exc:

@@ -8,15 +8,64 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
 from typing import Any
 
 _FIELDS = "replicator_fields"
 
+# librdkafka's log lines (connection failures, broker changes) arrive on this logger: every
+# Kafka client gets it through `Settings.kafka_common()`, so they are JSON lines too.
+KAFKA_LOGGER = "replicator.kafka"
+_DIGITS = re.compile(r"\d+")
+
 
 def fields(**values: Any) -> dict[str, Any]:
     return {_FIELDS: values}
+
+
+class KafkaLogFilter(logging.Filter):
+    """Turns confluent-kafka's `log(level, "%s [%s] %s", facility, client, text)` calls into
+    the event `kafka_client_log` with the fields facility, client and detail.
+
+    While a broker is down, each client retries its connections many times a second and
+    librdkafka logs every failure: a line that repeats one already logged by the same client
+    within `window_s` (digits aside) is dropped, and the next one logged says how many were
+    (`suppressed`)."""
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}  # -> (logged at, dropped)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 3 and record.msg == "%s [%s] %s"):
+            return True
+        facility, client, detail = (str(a) for a in args)
+        values: dict[str, Any] = {"facility": facility, "client": client, "detail": detail}
+        key = (client, facility, _DIGITS.sub("0", detail))
+        now = time.monotonic()
+        with self._lock:
+            logged_at, dropped = self._seen.get(key, (-self.window_s, 0))
+            if now - logged_at < self.window_s:
+                self._seen[key] = (logged_at, dropped + 1)
+                return False
+            if len(self._seen) > 1000:  # bounded: forget lines older than the window
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window_s}
+            self._seen[key] = (now, 0)
+        if dropped:
+            values["suppressed"] = dropped
+        record.msg = "kafka_client_log"
+        record.args = ()
+        setattr(record, _FIELDS, values)
+        return True
+
+
+logging.getLogger(KAFKA_LOGGER).addFilter(KafkaLogFilter())
 
 
 class JsonFormatter(logging.Formatter):

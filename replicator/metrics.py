@@ -1,22 +1,58 @@
 """Prometheus metrics, on a registry of our own per service instance (tests stay isolated).
 
 Names follow Prometheus conventions: base units, `_total` counters, bounded label values
-(store, topic, partition, outcome, reason: all from small fixed sets or the configuration).
+(store, topic, partition, outcome, reason, kind: all from small fixed sets or the
+configuration). docs/metrics.md describes each metric; monitoring/ holds the alert rules and
+the Grafana dashboard built on them.
+
+Two writers fill this registry:
+- the service loop (replicator/pipeline.py): what it writes, dead-letters and sees of the stores;
+- the lag monitor (replicator/lag.py): each store's durable position and lag, read from Kafka.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from replicator import __version__
+from replicator.errors import StoreErrorKind
+from replicator.schemas import DECODE_REASONS
+from replicator.validation import VIOLATION_REASONS
+
+# Label values, each from a small fixed set.
+OUTCOMES: tuple[str, ...] = ("created", "already_present", "conflict")
+DEAD_LETTER_REASONS: tuple[str, ...] = (*DECODE_REASONS, *VIOLATION_REASONS)
+ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in StoreErrorKind)
+
+# No `<counter>_created` series: they double the output and no query here uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, stores: Sequence[str] = (), topics: Sequence[str] = ()) -> None:
+        """`stores` and `topics` (the configuration's) create every counter's label set at
+        0 up front, so that `increase()` and `rate()` also see a counter's first event."""
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.build_info = Info("replicator_build", "Build information", registry=r)
         self.build_info.info({"version": __version__})
+
+        # --- the service loop: writes, dead letters, stores -----------------------------
         self.records = Counter(
             "replicator_records_written_total",
             "Records written per store and outcome (created, already_present, conflict)",
@@ -36,7 +72,10 @@ class Metrics:
             registry=r,
         )
         self.store_errors = Counter(
-            "replicator_store_errors_total", "Store errors by kind", ["store", "kind"], registry=r
+            "replicator_store_errors_total",
+            "Failed store requests by kind (each retry counts)",
+            ["store", "kind"],
+            registry=r,
         )
         self.store_up = Gauge(
             "replicator_store_up",
@@ -46,26 +85,28 @@ class Metrics:
         )
         self.catching_up = Gauge(
             "replicator_store_catching_up",
-            "Partitions of this store being caught up from Kafka",
+            "Partitions of this store being caught up from Kafka (0: the store follows the "
+            "live stream)",
             ["store"],
             registry=r,
         )
-        self.committed = Gauge(
-            "replicator_store_committed_offset",
-            "The store's durable position (next offset to write), per partition",
+        self.replica_committed = Gauge(
+            "replicator_replica_committed_offset",
+            "The offset this replica last committed for a store, for the partitions it owns "
+            "(lag comes from replicator_store_committed_offset, read from Kafka)",
             ["store", "topic", "partition"],
             registry=r,
         )
         self.put_seconds = Histogram(
             "replicator_put_duration_seconds",
-            "Duration of one create-if-absent put",
+            "Duration of one successful create-if-absent put",
             ["store"],
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.chunk_records = Histogram(
             "replicator_chunk_records",
-            "Offsets covered per chunk",
+            "Offsets covered per chunk (one chunk is one object in each store)",
             registry=r,
             buckets=(1, 10, 100, 1000, 5000, 10000, 25000, 50000, 100000),
         )
@@ -75,3 +116,54 @@ class Metrics:
             registry=r,
             buckets=(1024, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
         )
+
+        # --- the lag monitor: durable progress read from Kafka ---------------------------
+        self.store_committed = Gauge(
+            "replicator_store_committed_offset",
+            "The store's durable position: the offset committed in its progress group "
+            "(the next offset it needs), or the partition's low watermark while none is "
+            "committed",
+            ["store", "topic", "partition"],
+            registry=r,
+        )
+        self.high_watermark = Gauge(
+            "replicator_high_watermark_offset",
+            "The partition's high watermark (the offset the next produced record gets)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag_records = Gauge(
+            "replicator_store_lag_records",
+            "Records not yet in the store: high watermark - committed offset (0 at least)",
+            ["store", "topic", "partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "replicator_store_lag_seconds",
+            "Age of the oldest record not yet in the store (now - its timestamp); 0 when the "
+            "store holds every record",
+            ["store", "topic", "partition"],
+            registry=r,
+        )
+        self.lag_updated = Gauge(
+            "replicator_lag_last_success_timestamp_seconds",
+            "When the lag monitor last read every store's position from Kafka (Unix time)",
+            registry=r,
+        )
+        self.lag_errors = Counter(
+            "replicator_lag_check_errors_total",
+            "Lag checks that failed (broker unreachable or refusing)",
+            registry=r,
+        )
+
+        for store in stores:
+            self.store_up.labels(store)  # 0 until the service has seen the store answer
+            self.catching_up.labels(store)
+            for outcome in OUTCOMES:
+                self.records.labels(store, outcome)
+                self.objects.labels(store, outcome)
+            for kind in ERROR_KINDS:
+                self.store_errors.labels(store, kind)
+        for topic in topics:
+            for reason in DEAD_LETTER_REASONS:
+                self.dead_letters.labels(topic, reason)

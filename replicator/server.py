@@ -1,22 +1,65 @@
-"""HTTP endpoints for Kubernetes and Prometheus: /metrics, /healthz, /readyz."""
+"""HTTP endpoints for Kubernetes and Prometheus: /metrics, /healthz, /readyz.
+
+- /metrics: the service's registry in the Prometheus text format (docs/metrics.md);
+- /healthz (liveness): 200 while the service loop turns (a turn in the last minute) and the
+  lag monitor's thread runs; 503 otherwise, and Kubernetes restarts the pod;
+- /readyz (readiness): 200 when the broker answers and at least one store accepts writes;
+  503 otherwise. The JSON body says which: {"ready": .., "broker": .., "stores": {name: ..}}.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from replicator.logs import fields
+
 if TYPE_CHECKING:
+    from replicator.lag import LagMonitor
     from replicator.pipeline import Replicator
+
+log = logging.getLogger("replicator.http")
 
 HEALTHY_LOOP_AGE_S = 60.0  # the loop turns many times a second; a minute without a turn is stuck
 
 
-def start_http(host: str, port: int, service: Replicator) -> ThreadingHTTPServer:
+def health(service: Replicator, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
+    age = time.monotonic() - service.last_loop_at
+    body: dict[str, Any] = {"alive": age < HEALTHY_LOOP_AGE_S, "loop_age_s": round(age, 3)}
+    if lag is not None:
+        body["lag_monitor"] = lag.alive()
+        body["alive"] = body["alive"] and body["lag_monitor"]
+    return bool(body["alive"]), body
+
+
+def readiness(service: Replicator, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
+    """Ready: the broker answers and at least one store accepts writes.
+
+    The broker counts as answering when the lag monitor's last check reached it (it asks
+    every `lag_interval_s`), or, without a monitor, when the service loop has been assigned
+    partitions and has seen no "all brokers down" since."""
+    status = service.readiness()
+    broker = bool(lag.broker_ok) if lag is not None else bool(status["broker"])
+    # A store counts once the service has seen it answer (its up gauge is 1): at start-up,
+    # before its first probe, it does not.
+    registry = service.metrics.registry
+    stores = {
+        name: bool(up) and registry.get_sample_value("replicator_store_up", {"store": name}) == 1
+        for name, up in status["stores"].items()
+    }
+    ready = broker and any(stores.values())
+    return ready, {"ready": ready, "broker": broker, "stores": stores}
+
+
+def start_http(
+    host: str, port: int, service: Replicator, lag: LagMonitor | None = None
+) -> ThreadingHTTPServer:
     """Serve in a daemon thread; `port=0` picks a free port (read it from server.server_port)."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -25,14 +68,11 @@ def start_http(host: str, port: int, service: Replicator) -> ThreadingHTTPServer
             if path == "/metrics":
                 self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                age = time.monotonic() - service.last_loop_at
-                ok = age < HEALTHY_LOOP_AGE_S
-                body = {"alive": ok, "loop_age_s": round(age, 3)}
+                ok, body = health(service, lag)
                 self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
             elif path == "/readyz":
-                status = service.readiness()
-                ok = status["broker"] and any(status["stores"].values())
-                self._send(200 if ok else 503, json.dumps(status).encode(), "application/json")
+                ok, body = readiness(service, lag)
+                self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")
 
@@ -49,4 +89,5 @@ def start_http(host: str, port: int, service: Replicator) -> ThreadingHTTPServer
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info("http_listening", extra=fields(host=host, port=server.server_port))
     return server

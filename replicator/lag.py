@@ -1,0 +1,395 @@
+"""Each store's lag, from its durable progress in Kafka, by a thread of its own.
+
+The service loop knows where it stands in memory; an SRE needs to know what is *in each
+store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
+
+- the partitions of every replicated topic (metadata);
+- the high watermark of each partition (`get_watermark_offsets(cached=False)`);
+- each store's committed offsets (its progress group `<group_id>.<store>`, read with
+  `committed()` by a consumer that never subscribes and never commits);
+- the timestamp of the oldest record not yet in each store: the first record at or after the
+  store's committed offset, read by a consumer assigned there (one read per new position:
+  a position that does not move costs nothing).
+
+and exports, for every configured store (down or not) and every partition:
+
+    replicator_store_committed_offset   committed offset (low watermark while none)
+    replicator_high_watermark_offset    per partition (no store label)
+    replicator_store_lag_records        max(high watermark - committed offset, 0)
+    replicator_store_lag_seconds        now - timestamp of the first record at or after the
+                                        committed offset; 0 when there is no such record
+
+Lag in records keeps standard Kafka semantics. On a broker whose high watermark lags behind
+its log (the local Tansu broker after batched produce, see LOCAL-STACK.md) it reads too low,
+possibly 0; lag in seconds does not depend on the watermark: it is measured from the record
+itself, so it stays > 0 as long as a record at or after the committed offset exists. Alert
+on lag in seconds.
+
+A record without a timestamp (CreateTime -1) is aged from the moment the monitor first saw it
+waiting. While the broker cannot be read, the last positions are kept, lag in seconds keeps
+growing from the timestamps already known, and replicator_lag_check_errors_total counts the
+failed checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaTP
+
+from replicator.config import Settings
+from replicator.logs import fields
+from replicator.metrics import Metrics
+
+log = logging.getLogger("replicator.lag")
+
+TP = tuple[str, int]
+
+# A record's timestamp type when the producer set none (librdkafka's TIMESTAMP_NOT_AVAILABLE).
+_NO_TIMESTAMP = 0
+
+
+class _Stopped(Exception):
+    """stop() was called during a check: it ends without exporting anything."""
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    committed: int
+    high_watermark: int
+    records: int
+    oldest_timestamp_s: float | None  # None: the store holds every record (or unknown yet)
+
+
+@dataclass
+class LagSnapshot:
+    """One check's result: per store, per partition."""
+
+    at: float  # Unix time
+    high_watermarks: dict[TP, int] = field(default_factory=dict)
+    stores: dict[str, dict[TP, PartitionLag]] = field(default_factory=dict)
+
+    def seconds(self, store: str, tp: TP, now: float | None = None) -> float:
+        oldest = self.stores[store][tp].oldest_timestamp_s
+        if oldest is None:
+            return 0.0
+        return max((time.time() if now is None else now) - oldest, 0.0)
+
+
+class LagMonitor:
+    """Reads lag from Kafka every `settings.lag_interval_s` in a daemon thread and exports it.
+
+    `start()` / `stop()` run the thread; `check()` runs one check in the calling thread
+    (tests). The Kafka clients are opened on first use and closed by `stop()` / `close()`.
+    """
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._clock = clock
+        self._timeout = max(1.0, min(10.0, settings.lag_interval_s * 2))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reader: Consumer | None = None
+        self._progress: dict[str, Consumer] = {}
+        # (tp, offset) -> Unix time of the first record at or after that offset
+        self._oldest: dict[tuple[TP, int], float] = {}
+        self._first_seen: dict[tuple[TP, int], float] = {}
+        self._exported: set[TP] = set()
+        self._failing = False
+        self.last: LagSnapshot | None = None
+        self.broker_ok = False  # the last check reached the broker
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LagMonitor:
+        self._thread = threading.Thread(target=self._run, name="lag-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread (it closes its clients). A check in progress ends at its next
+        step; the wait is bounded by `timeout` (default: one Kafka request's timeout + 5 s)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            timeout = self._timeout + 5.0 if timeout is None else timeout
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("lag_monitor_stop_timeout", extra=fields(timeout_s=timeout))
+                return  # it still uses its clients: the process exit closes them
+        self.close()
+
+    def close(self) -> None:
+        for consumer in [*self._progress.values(), *([self._reader] if self._reader else [])]:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                log.debug("lag_consumer_close_failed", exc_info=True)
+        self._progress.clear()
+        self._reader = None
+
+    def _run(self) -> None:
+        log.info(
+            "lag_monitor_started",
+            extra=fields(interval_s=self.settings.lag_interval_s, stores=self.settings.stores),
+        )
+        try:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                self.check_safely()
+                next_at += self.settings.lag_interval_s
+                next_at = max(next_at, time.monotonic())  # a slow check does not pile up
+                self._stop.wait(next_at - time.monotonic())
+        finally:
+            self.close()
+            log.info("lag_monitor_stopped")
+
+    # ------------------------------------------------------------------ one check
+    def check_safely(self) -> None:
+        """One check; a failure is counted and logged once, and lag in seconds keeps
+        growing from what is known."""
+        try:
+            self.check()
+        except _Stopped:
+            return
+        except Exception as exc:
+            # KafkaException: the broker cannot be read. Anything else is a bug, which must
+            # not stop lag reporting for good either: both are counted, logged once per
+            # streak, and tried again at the next interval.
+            self.broker_ok = False
+            self.metrics.lag_errors.inc()
+            if not self._failing:
+                log.warning(
+                    "lag_check_failed",
+                    extra=fields(bootstrap=self.settings.kafka_bootstrap, error=str(exc)),
+                    exc_info=not isinstance(exc, KafkaException),
+                )
+            self._failing = True
+            self._age_known()
+
+    def check(self) -> LagSnapshot:
+        """Read every store's position and lag from Kafka and export them."""
+        s = self.settings
+        reader = self._reader_consumer()
+        tps = self._partitions(reader)
+        watermarks: dict[TP, tuple[int, int]] = {}
+        for tp in tps:
+            self._check_stop()
+            low, high = reader.get_watermark_offsets(
+                KafkaTP(*tp), timeout=self._timeout, cached=False
+            )
+            watermarks[tp] = (max(low, 0), max(high, 0))
+        positions: dict[str, dict[TP, int]] = {}
+        for name in s.stores:
+            self._check_stop()
+            committed = self._committed(name, tps)
+            positions[name] = {}
+            for tp in tps:
+                offset = committed.get(tp)
+                positions[name][tp] = offset if offset is not None else watermarks[tp][0]
+        # Below the low watermark (retention), the oldest record still there is at it.
+        wanted = {
+            (tp, max(pos, watermarks[tp][0]))
+            for per_store in positions.values()
+            for tp, pos in per_store.items()
+        }
+        empty = self._read_oldest(reader, wanted - set(self._oldest), self._clock())
+        self._forget_except(wanted)
+
+        snapshot = LagSnapshot(at=self._clock())
+        for tp in tps:
+            snapshot.high_watermarks[tp] = watermarks[tp][1]
+        for store, per_store in positions.items():
+            snapshot.stores[store] = {}
+            for tp, pos in per_store.items():
+                key = (tp, max(pos, watermarks[tp][0]))
+                records = max(watermarks[tp][1] - pos, 0)
+                oldest = self._oldest.get(key)
+                if oldest is None and key not in empty and records > 0:
+                    # not read in time: keep the last known age rather than report 0
+                    oldest = self._previous_oldest(store, tp)
+                snapshot.stores[store][tp] = PartitionLag(
+                    committed=pos,
+                    high_watermark=watermarks[tp][1],
+                    records=records,
+                    oldest_timestamp_s=oldest,
+                )
+        self._export(snapshot)
+        self.last = snapshot
+        self.broker_ok = True
+        if self._failing:
+            log.info("lag_check_recovered")
+            self._failing = False
+        return snapshot
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
+    # ------------------------------------------------------------------ Kafka reads
+    def _reader_consumer(self) -> Consumer:
+        if self._reader is None:
+            self._reader = Consumer(
+                {
+                    **self.settings.kafka_common(),
+                    # never subscribes nor commits: the id only satisfies the client
+                    "group.id": f"{self.settings.group_id}.lag-monitor",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "enable.partition.eof": True,  # "no record there" answers at once
+                    "auto.offset.reset": "error",  # out of range: no record, not a re-read
+                    "fetch.wait.max.ms": 100,
+                    "max.partition.fetch.bytes": 65536,
+                    "queued.max.messages.kbytes": 1024,
+                    "client.id": "replicator-lag-monitor",
+                }
+            )
+        return self._reader
+
+    def _partitions(self, reader: Consumer) -> list[TP]:
+        metadata = reader.list_topics(timeout=self._timeout)
+        tps: list[TP] = []
+        for topic in self.settings.topics:
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError.UNKNOWN_TOPIC_OR_PART,
+                        f"topic {topic} not found: {meta.error if meta else 'absent'}",
+                    )
+                )
+            tps.extend((topic, p) for p in sorted(meta.partitions))
+        return tps
+
+    def _committed(self, store: str, tps: list[TP]) -> dict[TP, int | None]:
+        consumer = self._progress.get(store)
+        if consumer is None:
+            consumer = Consumer(
+                {
+                    **self.settings.kafka_common(),
+                    "group.id": self.settings.progress_group(store),
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "client.id": f"replicator-lag-monitor-{store}",
+                }
+            )
+            self._progress[store] = consumer
+        answer = consumer.committed([KafkaTP(t, p) for t, p in tps], timeout=self._timeout)
+        out: dict[TP, int | None] = {}
+        for ktp in answer:
+            if ktp.error is not None:
+                raise KafkaException(ktp.error)
+            out[(ktp.topic, ktp.partition)] = ktp.offset if ktp.offset >= 0 else None
+        return out
+
+    def _previous_oldest(self, store: str, tp: TP) -> float | None:
+        previous = self.last.stores.get(store, {}).get(tp) if self.last is not None else None
+        return previous.oldest_timestamp_s if previous is not None else None
+
+    def _read_oldest(
+        self, reader: Consumer, wanted: set[tuple[TP, int]], now: float
+    ) -> set[tuple[TP, int]]:
+        """Find the timestamp of the first record at or after each (partition, offset), into
+        the cache; returns the positions with no record at or after them. One partition is
+        assigned once per round, so two stores at different positions of one partition take
+        two rounds. Positions not answered before the timeout stay unknown."""
+        per_tp: dict[TP, list[int]] = {}
+        for tp, offset in sorted(wanted):
+            per_tp.setdefault(tp, []).append(offset)
+        empty: set[tuple[TP, int]] = set()
+        deadline = time.monotonic() + self._timeout
+        while per_tp and time.monotonic() < deadline:
+            self._check_stop()
+            round_ = {tp: offsets.pop(0) for tp, offsets in per_tp.items()}
+            per_tp = {tp: offsets for tp, offsets in per_tp.items() if offsets}
+            reader.assign([KafkaTP(t, p, o) for (t, p), o in round_.items()])
+            try:
+                pending = dict(round_)
+                while pending and time.monotonic() < deadline and not self._stop.is_set():
+                    for msg in reader.consume(num_messages=500, timeout=0.1):
+                        self._take(msg, pending, empty, now)
+            finally:
+                reader.unassign()
+        return empty
+
+    def _take(
+        self, msg: Message, pending: dict[TP, int], empty: set[tuple[TP, int]], now: float
+    ) -> None:
+        topic, partition = msg.topic(), msg.partition()
+        if topic is None or partition is None:
+            return
+        tp = (topic, partition)
+        offset = pending.get(tp)
+        if offset is None:
+            return
+        err = msg.error()
+        if err is not None:
+            if err.code() in (
+                KafkaError._PARTITION_EOF,
+                KafkaError._AUTO_OFFSET_RESET,
+                KafkaError.OFFSET_OUT_OF_RANGE,
+            ):
+                # nothing at or after that offset: the store holds every record
+                empty.add((tp, offset))
+                del pending[tp]
+            return
+        got = msg.offset()
+        if got is None or got < offset:
+            return
+        ts_type, ts_ms = msg.timestamp()
+        if ts_type == _NO_TIMESTAMP or ts_ms <= 0:
+            oldest = self._first_seen.setdefault((tp, offset), now)
+        else:
+            oldest = ts_ms / 1000.0
+        self._oldest[(tp, offset)] = oldest
+        del pending[tp]
+
+    def _forget_except(self, wanted: set[tuple[TP, int]]) -> None:
+        """Keep the cache to the positions in use: it stays as small as the partition count."""
+        for cache in (self._oldest, self._first_seen):
+            for key in [k for k in cache if k not in wanted]:
+                del cache[key]
+
+    # ------------------------------------------------------------------ export
+    def _export(self, snapshot: LagSnapshot) -> None:
+        m = self.metrics
+        seen = set(snapshot.high_watermarks)
+        for (topic, partition), high in snapshot.high_watermarks.items():
+            m.high_watermark.labels(topic, str(partition)).set(high)
+        for store, per_store in snapshot.stores.items():
+            for tp, lag in per_store.items():
+                labels = (store, tp[0], str(tp[1]))
+                m.store_committed.labels(*labels).set(lag.committed)
+                m.lag_records.labels(*labels).set(lag.records)
+                m.lag_seconds.labels(*labels).set(snapshot.seconds(store, tp, snapshot.at))
+        for tp in self._exported - seen:  # a partition that no longer exists
+            with contextlib.suppress(KeyError):
+                m.high_watermark.remove(tp[0], str(tp[1]))
+            for store in snapshot.stores:
+                for gauge in (m.store_committed, m.lag_records, m.lag_seconds):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(store, tp[0], str(tp[1]))
+        self._exported = seen
+        m.lag_updated.set(snapshot.at)
+
+    def _age_known(self) -> None:
+        """The broker cannot be read: lag in seconds still grows from the known records."""
+        if self.last is None:
+            return
+        now = self._clock()
+        for store, per_store in self.last.stores.items():
+            for tp in per_store:
+                self.metrics.lag_seconds.labels(store, tp[0], str(tp[1])).set(
+                    self.last.seconds(store, tp, now)
+                )
