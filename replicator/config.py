@@ -66,10 +66,16 @@ class Settings(BaseSettings):
         description="Pre-fetched kilobytes the consumer may hold (librdkafka "
         "queued.max.messages.kbytes)",
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="librdkafka `security.protocol`; production: SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism; unset: no SASL"
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user name (needs REPLICATOR_KAFKA_SASL_PASSWORD)"
+    )
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
     kafka_ssl_ca_location: Path | None = Field(default=None, description="CA bundle for Kafka TLS")
 
     # --- Stores ------------------------------------------------------------------------
@@ -79,18 +85,38 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = Field(
         default=None, description="S3 endpoint URL (Scaleway: https://s3.fr-par.scw.cloud)"
     )
-    s3_region: str = "fr-par"
-    s3_bucket: str | None = None
+    s3_region: str = Field(
+        default="fr-par", description="S3 region (Scaleway: fr-par, nl-ams or pl-waw)"
+    )
+    s3_bucket: str | None = Field(
+        default=None, description="Bucket the objects are written to (must exist)"
+    )
     s3_prefix: str = Field(
         default="replicator", description="Key prefix the service owns in the bucket"
     )
-    s3_access_key: SecretStr | None = None
-    s3_secret_key: SecretStr | None = None
+    s3_access_key: SecretStr | None = Field(default=None, description="S3 access key id")
+    s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key")
     s3_ca_bundle: Path | None = Field(default=None, description="CA bundle for HTTPS to S3")
-    azure_connection_string: SecretStr | None = None
-    azure_container: str | None = None
+    s3_sse: Literal["AES256", "aws:kms"] | None = Field(
+        default=None,
+        description="Server-side encryption asked for on every put (x-amz-server-side-encryption)",
+    )
+    s3_sse_kms_key_id: str | None = Field(
+        default=None,
+        description="KMS key id for s3_sse=aws:kms (x-amz-server-side-encryption-aws-kms-key-id)",
+    )
+    azure_connection_string: SecretStr | None = Field(
+        default=None,
+        description="Azure Storage connection string: with an account key (`AccountName=...;AccountKey=...`) or a SAS token (`BlobEndpoint=...;SharedAccessSignature=...`)",
+    )
+    azure_container: str | None = Field(
+        default=None, description="Blob container the objects are written to (must exist)"
+    )
     azure_prefix: str = Field(default="replicator", description="Blob name prefix the service owns")
     azure_ca_bundle: Path | None = Field(default=None, description="CA bundle for HTTPS to Azure")
+    azure_encryption_scope: str | None = Field(
+        default=None, description="Encryption scope of every blob written (x-ms-encryption-scope)"
+    )
     store_timeout_s: float = Field(default=10.0, gt=0, description="Per-request store timeout")
     write_retry_s: float = Field(
         default=30.0,
@@ -104,12 +130,14 @@ class Settings(BaseSettings):
 
     # --- Chunks ------------------------------------------------------------------------
     chunk_max_records: int = Field(
-        default=50_000, ge=1, description="A chunk covers at most this many offsets"
+        description="A chunk is cut when it holds this many offsets",
+        default=50_000,
+        ge=1,
     )
     chunk_max_bytes: int = Field(
+        description="A chunk's raw Avro record bodies add up to at most this many bytes (a single larger record gets a chunk of its own)",
         default=8 * 1024 * 1024,
         ge=1024,
-        description="A chunk's raw Avro bodies add up to at most this (one larger record is alone)",
     )
     chunk_window_s: int = Field(
         default=3600,
@@ -123,21 +151,49 @@ class Settings(BaseSettings):
         description="An open chunk older than this (wall clock) is cut, "
         "so a quiet partition still reaches the stores",
     )
-    codec: Literal["null", "deflate"] = "deflate"
-    deflate_level: int = Field(default=6, ge=0, le=9)
+    codec: Literal["null", "deflate"] = Field(default="deflate", description="Avro container codec")
+    deflate_level: int = Field(
+        description="Deflate compression level (codec deflate)", default=6, ge=0, le=9
+    )
 
     # --- Service -----------------------------------------------------------------------
-    schemas_dir: Path = DEFAULT_SCHEMAS_DIR
+    schemas_dir: Path = Field(
+        default=DEFAULT_SCHEMAS_DIR, description="Folder of the Avro schemas and registry.json"
+    )
+    max_record_bytes: int = Field(
+        default=1024 * 1024,
+        ge=64,
+        description="A record value longer than this goes to the dead-letter topic "
+        "(reason oversized)",
+    )
     max_buffer_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024 * 1024,
         description="Encoded bytes waiting for stores, all stores together; past it a "
         "lagging store is dropped from the live stream and catches up from Kafka",
     )
+    decode_workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Worker processes that decode and check records beside the main loop "
+        "(0: decode in the main loop); about one per spare CPU core",
+    )
     write_concurrency: int = Field(default=4, ge=1, le=64, description="Concurrent puts per store")
-    commit_interval_s: float = Field(default=1.0, gt=0)
-    shutdown_timeout_s: float = Field(default=30.0, gt=0)
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod serves metrics on its own address
+    commit_interval_s: float = Field(
+        description="How often each store's durable progress is committed to its consumer group",
+        default=1.0,
+        gt=0,
+    )
+    shutdown_timeout_s: float = Field(
+        description="On SIGTERM (or a partition revoked), how long in-flight puts may take to finish before the final commit; Kubernetes' termination grace must be longer",
+        default=30.0,
+        gt=0,
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - a pod serves its probes and metrics on its own address
+        description="Address of the HTTP server (/metrics, /healthz, /readyz)",
+    )
     metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz"
     )
@@ -147,8 +203,12 @@ class Settings(BaseSettings):
         description="How often each store's lag is read from Kafka (committed offsets, "
         "high watermarks, timestamps of the oldest records not yet in the store)",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "human", "auto"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level"
+    )
+    log_format: Literal["json", "human", "auto"] = Field(
+        default="auto", description="Log format; auto: human on a terminal, JSON otherwise"
+    )
 
     @field_validator("topics", "stores", mode="before")
     @classmethod
@@ -181,6 +241,8 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "store azure needs " + ", ".join("REPLICATOR_" + m.upper() for m in missing)
                 )
+        if self.s3_sse_kms_key_id and self.s3_sse != "aws:kms":
+            raise ValueError("REPLICATOR_S3_SSE_KMS_KEY_ID needs REPLICATOR_S3_SSE=aws:kms")
         if self.dead_letter_topic in self.topics:
             raise ValueError("the dead-letter topic cannot also be a replicated topic")
         if self.kafka_sasl_mechanism and not (

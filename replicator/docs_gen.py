@@ -37,33 +37,7 @@ CHART_SCHEMA_PATH = REPO_ROOT / "helm" / "replicator" / "values.schema.json"
 
 # Descriptions for fields that have none in the model. A field that gains its own
 # description in replicator/config.py must be removed from here (a test checks it).
-FALLBACK_DESCRIPTIONS: dict[str, str] = {
-    "kafka_security_protocol": "librdkafka `security.protocol`; production: SASL_SSL",
-    "kafka_sasl_mechanism": "SASL mechanism; unset: no SASL",
-    "kafka_sasl_username": "SASL user name (needs REPLICATOR_KAFKA_SASL_PASSWORD)",
-    "kafka_sasl_password": "SASL password",
-    "s3_region": "S3 region (Scaleway: fr-par, nl-ams or pl-waw)",
-    "s3_bucket": "Bucket the objects are written to (must exist)",
-    "s3_access_key": "S3 access key id",
-    "s3_secret_key": "S3 secret key",
-    "azure_connection_string": "Azure Storage connection string: with an account key "
-    "(`AccountName=...;AccountKey=...`) or a SAS token "
-    "(`BlobEndpoint=...;SharedAccessSignature=...`)",
-    "azure_container": "Blob container the objects are written to (must exist)",
-    "chunk_max_records": "A chunk is cut when it holds this many offsets",
-    "chunk_max_bytes": "A chunk's raw Avro record bodies add up to at most this many bytes "
-    "(a single larger record gets a chunk of its own)",
-    "codec": "Avro container codec",
-    "deflate_level": "Deflate compression level (codec deflate)",
-    "schemas_dir": "Folder of the Avro schemas and registry.json",
-    "commit_interval_s": "How often each store's durable progress is committed to its "
-    "consumer group",
-    "shutdown_timeout_s": "On SIGTERM (or a partition revoked), how long in-flight puts may "
-    "take to finish before the final commit; Kubernetes' termination grace must be longer",
-    "metrics_host": "Address of the HTTP server (/metrics, /healthz, /readyz)",
-    "log_level": "Log level",
-    "log_format": "Log format; auto: human on a terminal, JSON otherwise",
-}
+FALLBACK_DESCRIPTIONS: dict[str, str] = {}
 
 _SECTION = re.compile(r"^\s*#\s*-+\s*(?P<title>[^-].*?)\s*-+\s*$")
 _FIELD = re.compile(r"^\s{4}(?P<name>[a-z_][a-z0-9_]*)\s*:")

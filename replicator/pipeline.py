@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
 from types import FrameType
@@ -53,15 +53,17 @@ from replicator.config import Settings
 from replicator.container import RawRecord, encode_container
 from replicator.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.errors import ConflictError, StoreError
+from replicator.judge import Verdict, judge, judge_batch, start_pool
 from replicator.keys import offset_marker, parse_key, partition_prefix
 from replicator.logs import fields
 from replicator.metrics import Metrics
 from replicator.progress import TP, ProgressLog
-from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
+from replicator.schemas import SchemaRegistry
 from replicator.stores.base import PutOutcome, Store
-from replicator.validation import check_record
 
 log = logging.getLogger("replicator.pipeline")
+
+MAX_JUDGED_BATCHES = 4  # batches with a judge at once: bounds memory and latency
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,25 @@ class LaneMode(str, Enum):
 
 
 @dataclass
+class ChunkJob:
+    """A chunk on its way to the stores: its range now, its bytes when the encoder is done."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    records: int
+    nbytes: int  # raw bytes of its records: what the memory bound counts
+    encoded: Future[EncodedChunk]
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)
+
+
+@dataclass
 class InFlight:
-    chunk: EncodedChunk
+    chunk: ChunkJob
     future: Future[PutOutcome]
 
 
@@ -218,6 +237,11 @@ class Replicator:
         self.last_loop_at = time.monotonic()
         self.broker_up = False
         self._max_lane_bytes = settings.max_buffer_bytes // max(len(self.lanes), 1)
+        self._judges: ProcessPoolExecutor | None = None
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self._judged: deque[tuple[list[tuple[Message, PartitionState]], Future[list[Verdict]]]] = (
+            deque()
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -260,6 +284,8 @@ class Replicator:
             self.metrics.store_up.labels(lane.name).set(0)
             self._probe_now(lane, initial=True)
         self._dlq = DeadLetterWriter(self.kafka_conf, s.dead_letter_topic)
+        if s.decode_workers > 0:
+            self._judges = start_pool(s.decode_workers, s.schemas_dir, s.max_record_bytes)
         consumer = Consumer(
             {
                 **self.kafka_conf,
@@ -292,6 +318,7 @@ class Replicator:
     def _shutdown(self, consumer: Consumer) -> None:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         log.info("draining", extra=fields(timeout_s=self.settings.shutdown_timeout_s))
+        self._drop_judged()  # not committed: whoever owns the partitions next reads them again
         for lane in self.lanes:
             self._drain(lane, None, deadline)
         self._commit(force=True)
@@ -309,6 +336,9 @@ class Replicator:
             lane.store.close()
         if self._dlq is not None:
             self._dlq.close()
+        if self._judges is not None:
+            self._judges.shutdown(wait=False, cancel_futures=True)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
     # ------------------------------------------------------------------ the loop
@@ -319,8 +349,8 @@ class Replicator:
         msgs = consumer.consume(num_messages=2000, timeout=0.0 if busy else 0.05)
         if msgs:
             self.broker_up = True
-        for msg in msgs:
-            self._on_live_message(msg)
+        self._take_live(msgs)
+        self._apply_judged(wait=False)
         for lane in self.lanes:
             if lane.catchup is not None and lane.mode is LaneMode.UP:
                 self._catchup_turn(lane)
@@ -341,27 +371,31 @@ class Replicator:
         if now - self._last_commit >= self.settings.commit_interval_s:
             self._commit()
 
-    def _decode(self, msg: Message, live: bool) -> tuple[RawRecord | None, int | None]:
-        """Decode and check one record: (record, schema id), or (None, None) when bad."""
+    def _verdict_inline(self, msg: Message) -> Verdict:
+        topic = msg.topic()
+        assert topic is not None
+        return judge(
+            self.registry,
+            self.settings.schema_topic(topic),
+            msg.value(),
+            self.settings.max_record_bytes,
+        )
+
+    def _apply_verdict(
+        self, msg: Message, verdict: Verdict, live: bool
+    ) -> tuple[RawRecord | None, int | None]:
+        """The record to keep (with its schema id), or (None, None) for a bad one, which the
+        live stream sends to the dead-letter topic (a catching-up store only skips it: the
+        live stream did that already)."""
         topic, partition, offset = coords(msg)
         _ts_type, ts = msg.timestamp()
         value = msg.value()
-        reason: str
-        detail: str
-        try:
-            decoded = decode_wire(self.registry, self.settings.schema_topic(topic), value)
-        except DecodeError as exc:
-            reason, detail = exc.reason, exc.detail
-        else:
-            violation = check_record(self.settings.schema_topic(topic), decoded.record)
-            if violation is None:
-                return (
-                    RawRecord(
-                        offset=offset, timestamp_ms=ts, key=msg.key(), body=bytes(decoded.body)
-                    ),
-                    decoded.schema.id,
-                )
-            reason, detail = violation.reason, violation.detail
+        schema_id, reason, detail = verdict
+        if schema_id is not None:
+            assert value is not None
+            return RawRecord(
+                offset=offset, timestamp_ms=ts, key=msg.key(), body=value[5:]
+            ), schema_id
         if live:
             assert self._dlq is not None
             self._dlq.send(
@@ -385,19 +419,58 @@ class Replicator:
             )
         return None, None
 
-    def _on_live_message(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka_error", extra=fields(error=str(err)))
+    def _decode(self, msg: Message, live: bool) -> tuple[RawRecord | None, int | None]:
+        """Decode and check one record here: (record, schema id), or (None, None) when bad."""
+        return self._apply_verdict(msg, self._verdict_inline(msg), live)
+
+    def _take_live(self, msgs: list[Message]) -> None:
+        """Hand consumed records to the judge: a worker process when configured (the batch's
+        verdicts are applied on a later turn, in order), else this thread."""
+        batch: list[tuple[Message, PartitionState]] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka_error", extra=fields(error=str(err)))
+                continue
+            topic, partition, _offset = coords(msg)
+            state = self.parts.get((topic, partition))
+            if state is None or not state.ready:
+                continue
+            batch.append((msg, state))
+        if not batch:
             return
+        if self._judges is None:
+            for msg, state in batch:
+                self._on_live_message(msg, state, self._verdict_inline(msg))
+            return
+        items = [(self.settings.schema_topic(m.topic() or ""), m.value()) for m, _ in batch]
+        self._judged.append((batch, self._judges.submit(judge_batch, items)))
+
+    def _apply_judged(self, wait: bool) -> None:
+        """Apply the verdicts of finished batches, oldest first (all of them when `wait`)."""
+        while self._judged and (
+            wait or self._judged[0][1].done() or len(self._judged) > MAX_JUDGED_BATCHES
+        ):
+            batch, future = self._judged.popleft()
+            verdicts = future.result()
+            for (msg, state), verdict in zip(batch, verdicts, strict=True):
+                self._on_live_message(msg, state, verdict)
+
+    def _drop_judged(self) -> None:
+        """Forget batches judged for partition states that no longer exist (a rebalance or a
+        seek makes the consumer fetch them again, from the committed position)."""
+        for _batch, future in self._judged:
+            future.cancel()
+        self._judged.clear()
+
+    def _on_live_message(self, msg: Message, state: PartitionState, verdict: Verdict) -> None:
         topic, partition, offset = coords(msg)
         tp = (topic, partition)
-        state = self.parts.get(tp)
-        if state is None or not state.ready or offset < state.chunker.position:
+        if self.parts.get(tp) is not state or not state.ready or offset < state.chunker.position:
             return
         self.stats.records_in += 1
-        record, schema_id = self._decode(msg, live=True)
+        record, schema_id = self._apply_verdict(msg, verdict, live=True)
         try:
             chunks = state.chunker.add(offset, record, schema_id, time.monotonic())
         except PlanConflict as exc:
@@ -417,12 +490,31 @@ class Replicator:
         lanes = [ln for ln in self.lanes if (chunk.topic, chunk.partition) in ln.live]
         if not lanes:
             return
-        enc = encode_chunk(chunk, self.registry, self.settings.codec, self.settings.deflate_level)
-        self.metrics.chunk_bytes.observe(len(enc.data))
+        job = self._encode(chunk)
         for lane in lanes:
-            self._submit(lane, enc)
+            self._submit(lane, job)
 
-    def _submit(self, lane: Lane, enc: EncodedChunk) -> None:
+    def _encode(self, chunk: Chunk) -> ChunkJob:
+        """Encode on the encoder thread (zlib releases the GIL there), once for every store."""
+
+        def work() -> EncodedChunk:
+            enc = encode_chunk(
+                chunk, self.registry, self.settings.codec, self.settings.deflate_level
+            )
+            self.metrics.chunk_bytes.observe(len(enc.data))
+            return enc
+
+        return ChunkJob(
+            topic=chunk.topic,
+            partition=chunk.partition,
+            first=chunk.first,
+            last=chunk.last,
+            records=len(chunk.records),
+            nbytes=sum(len(r.body) for r in chunk.records) + 64,
+            encoded=self._encoder.submit(work),
+        )
+
+    def _submit(self, lane: Lane, enc: ChunkJob) -> None:
         tp = enc.tp
         expected = lane.dispatched.get(tp)
         if expected is not None and expected != enc.first:
@@ -442,10 +534,11 @@ class Replicator:
         future = lane.executor.submit(self._put, lane, enc)
         lane.inflight.setdefault(tp, deque()).append(InFlight(enc, future))
         lane.dispatched[tp] = enc.last + 1
-        lane.pending_bytes += len(enc.data)
+        lane.pending_bytes += enc.nbytes
 
-    def _put(self, lane: Lane, enc: EncodedChunk) -> PutOutcome:
+    def _put(self, lane: Lane, job: ChunkJob) -> PutOutcome:
         """One create-if-absent, retried with jittered backoff while the error is transient."""
+        enc = job.encoded.result()
         deadline = time.monotonic() + self.settings.write_retry_s
         delay = 0.1
         while True:
@@ -466,7 +559,7 @@ class Replicator:
         for tp, queue in lane.inflight.items():
             while queue and queue[0].future.done():
                 item = queue.popleft()
-                lane.pending_bytes -= len(item.chunk.data)
+                lane.pending_bytes -= item.chunk.nbytes
                 if item.future.cancelled():
                     continue
                 exc = item.future.exception()
@@ -497,7 +590,7 @@ class Replicator:
                     self._mark_down(lane, str(exc))
                     self._cancel_partition(lane, tp)
 
-    def _count(self, lane: Lane, outcome: str, enc: EncodedChunk) -> None:
+    def _count(self, lane: Lane, outcome: str, enc: ChunkJob) -> None:
         self.metrics.objects.labels(lane.name, outcome).inc()
         self.metrics.records.labels(lane.name, outcome).inc(enc.records)
         per = self.stats.objects.setdefault(lane.name, {})
@@ -644,10 +737,7 @@ class Replicator:
                     done.append(tp)
                     continue
             for chunk in chunks:
-                enc = encode_chunk(
-                    chunk, self.registry, self.settings.codec, self.settings.deflate_level
-                )
-                self._submit(lane, enc)
+                self._submit(lane, self._encode(chunk))
             if chunker.open_first >= boundary:
                 done.append(tp)
         for tp, chunker in list(catchup.chunkers.items()):
@@ -799,6 +889,7 @@ class Replicator:
 
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+        self._drop_judged()
         self.broker_up = True
         assigned = []
         for ktp in partitions:
@@ -818,6 +909,7 @@ class Replicator:
                 self._start_catchup(lane)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+        self._drop_judged()
         tps = {(k.topic, k.partition) for k in partitions}
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         for lane in self.lanes:
