@@ -89,7 +89,9 @@ def wait_groups(
     try:
         while True:
             with contextlib.suppress(psutil.Error):
-                rss.append(proc.memory_info().rss / 2**20)
+                # the service and its decode worker processes together
+                family = [proc, *proc.children(recursive=True)]
+                rss.append(sum(p.memory_info().rss for p in family) / 2**20)
             done = all(
                 all(r.committed(list(ends)).get(tp, -1) >= end for tp, end in ends.items())
                 for r in readers
