@@ -194,8 +194,10 @@ class AzureBlobStore:
         max_connections: int = 16,
         max_single_put_bytes: int = DEFAULT_MAX_SINGLE_PUT_BYTES,
         content_type: str = DEFAULT_CONTENT_TYPE,
+        encryption_scope: str | None = None,
     ) -> None:
         quiet_sdk_loggers()
+        self._encryption_scope = encryption_scope  # x-ms-encryption-scope on every put
         self._container_name = container
         self._prefix = _normalize_prefix(prefix)
         self._content_type = content_type
@@ -249,6 +251,7 @@ class AzureBlobStore:
             ca_bundle=settings.azure_ca_bundle,
             timeout_s=settings.store_timeout_s,
             max_connections=max(16, 2 * settings.write_concurrency),
+            encryption_scope=settings.azure_encryption_scope,
         )
 
     def __repr__(self) -> str:
@@ -310,6 +313,8 @@ class AzureBlobStore:
                     f"put {key}: the MD5 given does not match the bytes (checked locally)",
                 )
             kwargs["validate_content"] = True
+        if self._encryption_scope:
+            kwargs["encryption_scope"] = self._encryption_scope
         try:
             blob.upload_blob(
                 data,

@@ -202,8 +202,16 @@ class S3Store:
         *,
         max_pool_connections: int = 16,
         content_type: str = DEFAULT_CONTENT_TYPE,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         quiet_sdk_loggers()
+        # Server-side encryption asked for on every put (AES256 or aws:kms [+ key id]).
+        self._sse_args: dict[str, str] = {}
+        if sse:
+            self._sse_args["ServerSideEncryption"] = sse
+        if sse_kms_key_id:
+            self._sse_args["SSEKMSKeyId"] = sse_kms_key_id
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"S3 endpoint {_safe_endpoint(endpoint)!r} is not an http(s) URL")
@@ -264,6 +272,8 @@ class S3Store:
             ca_bundle=settings.s3_ca_bundle,
             timeout_s=settings.store_timeout_s,
             max_pool_connections=max(16, 2 * settings.write_concurrency),
+            sse=settings.s3_sse,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
         )
 
     def __repr__(self) -> str:
@@ -304,6 +314,7 @@ class S3Store:
                 ContentType=self._content_type,
                 IfNoneMatch="*",
                 Metadata=dict(metadata),
+                **self._sse_args,  # type: ignore[arg-type]
             )
         except ClientError as exc:
             if _code(exc) in _EXISTS_CODES or _status(exc) == 412:
@@ -381,7 +392,9 @@ class S3Store:
             raise self._error(exc, f"head {key}") from None
         except BotoCoreError as exc:
             raise self._error(exc, f"head {key}") from None
-        md5_hex = md5_from_etag(head.get("ETag"))
+        # Under SSE-KMS the ETag is not the MD5 of the body (AWS documents it): hash the bytes.
+        kms = self._sse_args.get("ServerSideEncryption") == "aws:kms"
+        md5_hex = None if kms else md5_from_etag(head.get("ETag"))
         if md5_hex is not None:
             return md5_hex
         # A multipart (or otherwise non-MD5) ETag: hash the bytes to know.

@@ -1,0 +1,250 @@
+"""Soak: sustained load with periodic faults, the service's RSS sampled and printed.
+
+    .venv/bin/python benchmarks/soak.py [--minutes 30] [--rate 2000] [--fault-every 60]
+
+Starts a private local stack (free ports, temporary folder), runs `replicator run` as a real
+process, produces `--rate` records/s without pause, and every `--fault-every` seconds injects
+the next fault of a cycle: a store slowed (300 ms a request), a store answering 503 to 30 % of
+requests, a store dropping 20 % of its connections (all three through the fault proxy of
+tests/support/faultproxy.py, S3 and Azure in turn), a store stopped then restarted, and a
+kill -9 of the service (restarted at once). Each fault lasts a third of the period.
+
+Every `--sample` seconds it prints the service's RSS (MiB, summed over restarts: the current
+process), and at the end: RSS after warm-up (first 20 % of the run, and after each restart the
+first 30 s are skipped), its first and last quartile medians and the slope in MiB per hour,
+then the independent checker's lost / doubled / divergent counts. Exit 1 if any is non-zero
+or if RSS grew by more than --max-growth-mib between the two quartiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from pydantic import SecretStr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from replicator.config import Settings
+from replicator.stack import DEMO_TOPICS, LocalStack, StackPorts
+from tests.support.checker import (
+    azure_objects,
+    compare,
+    decode_objects,
+    read_topic,
+    s3_objects,
+)
+from tests.support.faultproxy import FaultProxy, Mode
+from tests.support.produce import Produced, produce_records
+from tests.support.service import Service, wait_committed
+
+PARTITIONS = 3
+BUCKET, CONTAINER = "soak-s3", "soak-azure"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=int, default=2000, help="records per second")
+    parser.add_argument("--fault-every", type=float, default=60.0, help="seconds")
+    parser.add_argument("--sample", type=float, default=10.0, help="RSS sample period, seconds")
+    parser.add_argument("--max-growth-mib", type=float, default=30.0)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="replicator-soak-"))
+    stack = LocalStack(
+        root=root,
+        ports=StackPorts.free(),
+        topics=list(DEMO_TOPICS),
+        dead_letter_topic="snds.dead-letter",
+        bucket=BUCKET,
+        container=CONTAINER,
+        partitions=PARTITIONS,
+    )
+    print(f"starting a private stack in {root}", flush=True)
+    stack.up()
+    s3p = FaultProxy(stack.port("s3"), seed=1).start()
+    azp = FaultProxy(stack.port("azure"), seed=2).start()
+    service: Service | None = None
+    try:
+        env = stack.env()
+        conn = env["azure_connection_string"].replace(
+            f"127.0.0.1:{stack.port('azure')}/", f"127.0.0.1:{azp.port}/"
+        )
+        settings = Settings(
+            kafka_bootstrap=env["kafka_bootstrap"],
+            topics=list(DEMO_TOPICS),
+            dead_letter_topic="snds.dead-letter",
+            s3_endpoint=s3p.url,
+            s3_bucket=BUCKET,
+            s3_access_key=SecretStr(env["s3_access_key"]),
+            s3_secret_key=SecretStr(env["s3_secret_key"]),
+            azure_connection_string=SecretStr(conn),
+            azure_container=CONTAINER,
+            session_timeout_ms=6000,
+            metrics_port=0,
+            log_level="WARNING",
+            chunk_max_records=2000,
+            flush_interval_s=2.0,
+            write_retry_s=5.0,
+            health_interval_s=2.0,
+        )
+        service = Service(settings, root, name="soak").start()
+        produced = Produced.empty()
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def load() -> None:
+            nonlocal produced
+            n = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                got = produce_records(settings, args.rate, 0.001, n)
+                with lock:
+                    produced = produced.merge(got)
+                n += 1
+                stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+        producer = threading.Thread(target=load, daemon=True)
+        producer.start()
+
+        began = time.monotonic()
+        end = began + args.minutes * 60
+        samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB)
+        restarted_at = began
+        next_sample = began
+        next_fault = began + args.fault_every
+        fault_end: float | None = None
+        active: str | None = None
+        cycle = 0
+        faults = ["slow", "http503", "drop", "stop", "kill9"]
+        print(f"{'t (s)':>7} {'RSS MiB':>8} {'records':>9}  fault", flush=True)
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if fault_end is not None and now >= fault_end:
+                s3p.set(Mode.PASS)
+                azp.set(Mode.PASS)
+                if active and active.startswith("stop:"):
+                    stack.start_service(active.split(":")[1])
+                active, fault_end = None, None
+            if now >= next_fault:
+                kind = faults[cycle % len(faults)]
+                store = ("s3", "azure")[(cycle // len(faults)) % 2]
+                proxy = s3p if store == "s3" else azp
+                if kind == "slow":
+                    proxy.set(Mode.DELAY, delay_ms=300)
+                elif kind == "http503":
+                    proxy.set(Mode.ERROR, share=0.3, status=503)
+                elif kind == "drop":
+                    proxy.set(Mode.DROP, share=0.2)
+                elif kind == "stop":
+                    stack.stop_service(store)
+                    kind = f"stop:{store}"
+                else:
+                    service.kill9()
+                    service.start()
+                    restarted_at = time.monotonic()
+                active = kind if kind.startswith("stop:") or kind == "kill9" else f"{kind}:{store}"
+                fault_end = now + args.fault_every / 3
+                next_fault = now + args.fault_every
+                cycle += 1
+            if now >= next_sample:
+                next_sample = now + args.sample
+                assert service.proc is not None
+                try:
+                    rss = psutil.Process(service.proc.pid).memory_info().rss / 2**20
+                except psutil.NoSuchProcess:
+                    rss = float("nan")
+                t = now - began
+                warm = t > 0.2 * args.minutes * 60 and now - restarted_at > 30
+                if warm:
+                    samples.append((t, rss))
+                with lock:
+                    total = produced.total
+                print(
+                    f"{t:7.0f} {rss:8.1f} {total:9d}  {active or '-'}{'' if warm else ' (warm-up)'}",
+                    flush=True,
+                )
+            if not service.alive():
+                print("the service died; restarting it", flush=True)
+                service.start()
+                restarted_at = time.monotonic()
+            time.sleep(0.2)
+        stop.set()
+        producer.join(timeout=30)
+        s3p.set(Mode.PASS)
+        azp.set(Mode.PASS)
+        if active and active.startswith("stop:"):
+            stack.start_service(active.split(":")[1])
+        print("load stopped; waiting for both stores to catch up", flush=True)
+        wait_committed(
+            settings.kafka_bootstrap,
+            [settings.progress_group(s) for s in settings.stores],
+            produced.ends,
+            600,
+            [service],
+        )
+        code = service.stop()
+        service = None
+
+        # RSS after warm-up
+        growth = 0.0
+        if len(samples) >= 8:
+            q = len(samples) // 4
+            first = statistics.median(r for _, r in samples[:q])
+            last = statistics.median(r for _, r in samples[-q:])
+            growth = last - first
+            hours = (samples[-1][0] - samples[0][0]) / 3600
+            slope = growth / hours if hours > 0 else 0.0
+            print(
+                f"RSS after warm-up: {len(samples)} samples, min {min(r for _, r in samples):.1f}"
+                f" max {max(r for _, r in samples):.1f} MiB; first-quarter median {first:.1f},"
+                f" last-quarter median {last:.1f} MiB; growth {growth:+.1f} MiB"
+                f" ({slope:+.1f} MiB/h)",
+                flush=True,
+            )
+        else:
+            print(f"RSS: only {len(samples)} samples after warm-up (run longer)", flush=True)
+
+        # The independent check
+        env = stack.env()
+        kafka = {}
+        for topic in settings.topics:
+            kafka.update(read_topic(settings.kafka_bootstrap, topic, PARTITIONS))
+        s3 = s3_objects(env, BUCKET)
+        az = azure_objects(env, CONTAINER)
+        lost: set[object] = set()
+        doubled = 0
+        for objects in (s3, az):
+            verdict = compare(kafka, decode_objects(objects), produced.bad)
+            lost.update(verdict.lost + verdict.altered + verdict.unexpected)
+            doubled += len(set(verdict.doubled))
+        divergent = len(set(s3) ^ set(az)) + sum(
+            1
+            for k in set(s3) & set(az)
+            if hashlib.md5(s3[k]).digest() != hashlib.md5(az[k]).digest()
+        )
+        print(
+            f"records {produced.total}, objects {len(s3)}: lost {len(lost)}, doubled {doubled}, "
+            f"divergent {divergent}; faults injected {cycle}; service exit code {code}",
+            flush=True,
+        )
+        failed = bool(lost) or doubled or divergent or growth > args.max_growth_mib
+        return 1 if failed else 0
+    finally:
+        if service is not None and service.alive():
+            service.stop()
+        s3p.close()
+        azp.close()
+        stack.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""The fault matrix: every fault, several times, against the real local stack; after each run
+an independent checker (tests/support/checker.py, no replicator code) reads Kafka and both
+stores and counts records lost, records doubled and objects that differ between the stores.
+
+    pytest tests/integration/test_faults.py                       # 2 runs per fault
+    REPLICATOR_FAULTS_LONG=1 pytest tests/integration/test_faults.py   # 6 runs, more load
+    REPLICATOR_FAULTS_RUNS=10 ...                                 # any count
+
+A table (fault, runs, lost, doubled, divergent, conflicts) is printed at the end of the module
+(and written to $REPLICATOR_FAULTS_TABLE if set); every test fails unless its cells are all 0.
+
+How each fault is produced is written next to it in FAULTS below. The service always runs as a
+real process (`python -m replicator run`), killed with SIGKILL where the fault says kill -9.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.config import Settings
+from replicator.stack import DEMO_TOPICS, LocalStack
+from tests.support.checker import (
+    KafkaRecord,
+    azure_objects,
+    compare,
+    decode_objects,
+    read_topic,
+    s3_objects,
+)
+from tests.support.faultproxy import FaultProxy, Mode
+from tests.support.produce import Produced, produce_records
+from tests.support.service import Service, wait_committed
+
+pytestmark = pytest.mark.integration
+
+TP = tuple[str, int]
+PARTITIONS = 3
+LONG = os.environ.get("REPLICATOR_FAULTS_LONG", "") == "1"
+RUNS = int(os.environ.get("REPLICATOR_FAULTS_RUNS", "6" if LONG else "2"))
+LOAD = 3 if LONG else 1  # workload multiplier
+CATCH_UP_S = 150.0
+
+
+# ---------------------------------------------------------------------- results table
+@dataclass
+class Row:
+    runs: int = 0
+    lost: int = 0
+    doubled: int = 0
+    divergent: int = 0
+    conflicts: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def clean(self) -> bool:
+        return self.lost == self.doubled == self.divergent == self.conflicts == 0
+
+
+RESULTS: dict[str, Row] = {}
+
+
+def table() -> str:
+    head = f"{'fault':<34}{'runs':>5}{'lost':>7}{'doubled':>9}{'divergent':>11}"
+    head += f"{'conflicts':>11}{'seconds':>9}"
+    lines = [head, "-" * len(head)]
+    for name, row in RESULTS.items():
+        lines.append(
+            f"{name:<34}{row.runs:>5}{row.lost:>7}{row.doubled:>9}{row.divergent:>11}"
+            f"{row.conflicts:>11}{row.seconds:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if not RESULTS:
+        return
+    text = table()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # fd-level capture is on in teardown
+            reporter.write_line("")
+            reporter.write_sep("=", f"fault matrix ({RUNS} runs per fault)")
+            for line in text.splitlines():
+                reporter.write_line(line)
+    target = os.environ.get("REPLICATOR_FAULTS_TABLE")
+    if target:
+        Path(target).write_text(text + "\n")
+
+
+# ---------------------------------------------------------------------- the independent count
+@dataclass
+class Count:
+    lost: int
+    doubled: int
+    divergent: int
+
+
+def count(stack: LocalStack, settings: Settings, produced: Produced) -> Count:
+    """Lost: good Kafka records missing from a store (either), altered, or bad records found
+    in a store. Doubled: offsets held twice in a store. Divergent: keys in one store only, or
+    with other bytes."""
+    env = stack.env()
+    kafka: dict[TP, list[KafkaRecord]] = {}
+    for topic in settings.topics:
+        kafka.update(read_topic(settings.kafka_bootstrap, topic, PARTITIONS, idle_s=1.0))
+    assert settings.s3_bucket is not None and settings.azure_container is not None
+    stores = {
+        "s3": s3_objects(env, settings.s3_bucket),
+        "azure": azure_objects(env, settings.azure_container),
+    }
+    lost: set[tuple[TP, int]] = set()
+    doubled = 0
+    missing_in_kafka = produced.total - sum(len(v) for v in kafka.values())
+    for objects in stores.values():
+        content = decode_objects(objects)
+        verdict = compare(kafka, content, produced.bad)
+        lost.update(verdict.lost)
+        lost.update(verdict.altered)
+        lost.update(verdict.unexpected)
+        doubled += len(set(verdict.doubled))
+    s3, az = stores["s3"], stores["azure"]
+    divergent = len(set(s3) ^ set(az)) + sum(
+        1 for k in set(s3) & set(az) if hashlib.md5(s3[k]).digest() != hashlib.md5(az[k]).digest()
+    )
+    return Count(len(lost) + max(missing_in_kafka, 0), doubled, divergent)
+
+
+# ---------------------------------------------------------------------- helpers
+class Load:
+    """Produces `batch` records every `every_s` seconds in a thread until stopped."""
+
+    def __init__(self, settings: Settings, batch: int, every_s: float, seed: int) -> None:
+        self.settings, self.batch, self.every_s, self.seed = settings, batch, every_s, seed
+        self.produced = Produced.empty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        n = 0
+        try:
+            while not self._stop.is_set():
+                got = produce_records(self.settings, self.batch, 0.01, self.seed * 1000 + n)
+                self.produced = self.produced.merge(got)
+                n += 1
+                self._stop.wait(self.every_s)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> Produced:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self.error is not None:
+            raise self.error
+        return self.produced
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Run:
+    stack: LocalStack
+    settings: Settings
+    tmp: Path
+    rng: random.Random
+    index: int
+    services: list[Service] = field(default_factory=list)
+    proxies: list[FaultProxy] = field(default_factory=list)
+
+    def service(self, name: str = "replica", **overrides: Any) -> Service:
+        svc = Service(self.settings, self.tmp, name=name, **overrides)
+        self.services.append(svc)
+        return svc
+
+    def proxy(self, store: str) -> FaultProxy:
+        """Put a fault proxy in front of `store` for this run's settings."""
+        proxy = FaultProxy(self.stack.port(store), seed=self.rng.randrange(1 << 30)).start()
+        self.proxies.append(proxy)
+        if store == "s3":
+            self.settings = self.settings.model_copy(update={"s3_endpoint": proxy.url})
+        else:
+            assert self.settings.azure_connection_string is not None
+            conn = self.settings.azure_connection_string.get_secret_value().replace(
+                f"127.0.0.1:{self.stack.port('azure')}/", f"127.0.0.1:{proxy.port}/"
+            )
+            self.settings = self.settings.model_copy(
+                update={
+                    "azure_connection_string": type(self.settings.azure_connection_string)(conn)
+                }
+            )
+        return proxy
+
+    def groups(self) -> list[str]:
+        return [self.settings.progress_group(s) for s in self.settings.stores]
+
+    def finish(self, produced: Produced, survivors: list[Service]) -> None:
+        """Faults off: wait for both stores to commit everything produced."""
+        for proxy in self.proxies:
+            proxy.set(Mode.PASS)
+        deadline = time.monotonic() + CATCH_UP_S
+        while True:
+            # A survivor that is not running (killed by the fault, or by anything else on the
+            # machine) is started again: the property is about what the stores end up with.
+            for svc in survivors:
+                if not svc.alive():
+                    svc.start()
+            try:
+                wait_committed(
+                    self.settings.kafka_bootstrap, self.groups(), produced.ends, 10.0, survivors
+                )
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def close(self) -> None:
+        for svc in self.services:
+            if svc.alive():
+                svc.stop()
+        for proxy in self.proxies:
+            proxy.close()
+
+    def conflicts(self) -> int:
+        return sum(svc.log_text().count('"event": "conflict"') for svc in self.services)
+
+
+def kill_at_random_moments(run: Run, svc: Service, kills: int, low: float, high: float) -> None:
+    for _ in range(kills):
+        svc.start()
+        time.sleep(run.rng.uniform(low, high))
+        svc.kill9()
+
+
+# ---------------------------------------------------------------------- the faults
+# Each takes a Run (fresh names, settings) and returns what was produced; the services still
+# running at the end are in run.services (finish() restarts the ones to keep).
+FaultFn = Callable[[Run], tuple[Produced, list[Service]]]
+
+
+def kill9_while_consuming(run: Run) -> tuple[Produced, list[Service]]:
+    """kill -9 of the replica at random moments (0.5-3 s after start) under a steady load."""
+    svc = run.service()
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        kill_at_random_moments(run, svc, 3, 0.5, 3.0)
+    return load.produced, [svc]
+
+
+def kill9_between_the_two_stores_writes(run: Run) -> tuple[Produced, list[Service]]:
+    """One store (S3 or Azure, by run) behind a proxy adding 150 ms to every request: the
+    other store is always ahead, so a kill -9 at a random moment lands while an object is in
+    one store and not yet in the other. The restart must complete the slow store with the
+    same keys and bytes."""
+    slow = ("s3", "azure")[run.index % 2]
+    proxy = run.proxy(slow)
+    proxy.set(Mode.DELAY, delay_ms=150)
+    svc = run.service()
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        kill_at_random_moments(run, svc, 3, 1.0, 3.5)
+    return load.produced, [svc]
+
+
+def kill9_after_write_before_commit(run: Run) -> tuple[Produced, list[Service]]:
+    """commit_interval_s=3 while objects are cut every 100 records: at any moment several
+    objects are in both stores but not committed, so a kill -9 (random, 1-4 s after start)
+    lands between a write and its commit. The restart finds the uncommitted objects."""
+    run.settings = run.settings.model_copy(update={"commit_interval_s": 3.0})
+    svc = run.service()
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        kill_at_random_moments(run, svc, 3, 1.0, 4.0)
+    return load.produced, [svc]
+
+
+def kill9_during_rebalance(run: Run) -> tuple[Produced, list[Service]]:
+    """Replica a runs; replica b joins (the group rebalances: join takes about half of the
+    6 s session timeout); a is killed with -9 at a random moment inside that window, so the
+    rebalance is in progress (partitions revoked, being drained or just assigned)."""
+    a, b = run.service("a"), run.service("b")
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        a.start()
+        time.sleep(run.rng.uniform(2.0, 3.0))
+        b.start()
+        time.sleep(run.rng.uniform(0.5, 4.0))
+        a.kill9()
+        time.sleep(1.0)
+        a.start()  # comes back: a second rebalance
+        time.sleep(run.rng.uniform(0.5, 3.0))
+    return load.produced, [a, b]
+
+
+def store_stopped_then_restarted(run: Run) -> tuple[Produced, list[Service]]:
+    """The store's server itself is stopped (SIGTERM, port closed) under load for 3-5 s and
+    started again on the same data: S3 (SeaweedFS) on even runs, Azure (Azurite) on odd."""
+    name = ("s3", "azure")[run.index % 2]
+    svc = run.service(health_interval_s=1.0, write_retry_s=2.0).start()
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        time.sleep(2.0)
+        run.stack.stop_service(name)
+        try:
+            time.sleep(run.rng.uniform(3.0, 5.0))
+        finally:
+            run.stack.start_service(name)
+        time.sleep(1.0)
+    return load.produced, [svc]
+
+
+def _with_load(
+    run: Run, seconds: float, svc: Service, during: Callable[[], None] | None = None
+) -> tuple[Produced, list[Service]]:
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        if during is not None:
+            during()
+        time.sleep(seconds)
+    return load.produced, [svc]
+
+
+def store_slow_requests(run: Run) -> tuple[Produced, list[Service]]:
+    """Every request to one store (S3 on even runs, Azure on odd) waits 300 ms at the proxy,
+    for the whole load (slower than the load: the store's queue grows)."""
+    proxy = run.proxy(("s3", "azure")[run.index % 2])
+    proxy.set(Mode.DELAY, delay_ms=300)
+    return _with_load(run, 6.0, run.service().start())
+
+
+def store_http_errors(run: Run) -> tuple[Produced, list[Service]]:
+    """30 % of the requests to one store are answered by the proxy with 503 (even runs) or
+    500 (odd runs), and the store never sees them; the SDK retries, then the service."""
+    proxy = run.proxy(("s3", "azure")[run.index % 2])
+    proxy.set(Mode.ERROR, share=0.3, status=(503, 500)[run.index % 2])
+    return _with_load(run, 6.0, run.service(health_interval_s=1.0, write_retry_s=2.0).start())
+
+
+def store_dropped_connections(run: Run) -> tuple[Produced, list[Service]]:
+    """20 % of the requests to one store end with the connection closed by the proxy: half
+    before the store sees the request, half after the store answered (the put happened but
+    the client never hears of it: its retry meets the object it just created)."""
+    proxy = run.proxy(("azure", "s3")[run.index % 2])
+    proxy.set(Mode.DROP, share=0.2)
+    return _with_load(run, 6.0, run.service(health_interval_s=1.0, write_retry_s=2.0).start())
+
+
+def replicas_join_and_leave(run: Run) -> tuple[Produced, list[Service]]:
+    """Three replicas under load: they start one by one, then one leaves (SIGTERM) and one
+    is killed (-9) and comes back, each step at a random moment: repeated rebalances."""
+    a, b, c = run.service("a"), run.service("b"), run.service("c")
+    with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
+        for svc in (a, b, c):
+            svc.start()
+            time.sleep(run.rng.uniform(1.0, 2.5))
+        b.stop()
+        time.sleep(run.rng.uniform(1.0, 2.5))
+        c.kill9()
+        time.sleep(run.rng.uniform(0.5, 1.5))
+        c.start()
+        time.sleep(run.rng.uniform(1.0, 2.5))
+    return load.produced, [a, c]
+
+
+FAULTS: dict[str, FaultFn] = {
+    "kill -9 while consuming": kill9_while_consuming,
+    "kill -9 between the stores' writes": kill9_between_the_two_stores_writes,
+    "kill -9 after write, before commit": kill9_after_write_before_commit,
+    "kill -9 during a rebalance": kill9_during_rebalance,
+    "store stopped, then restarted": store_stopped_then_restarted,
+    "store slow (300 ms a request)": store_slow_requests,
+    "store 500/503 on 30% of requests": store_http_errors,
+    "store drops 20% of connections": store_dropped_connections,
+    "replicas join and leave": replicas_join_and_leave,
+}
+
+
+@pytest.mark.parametrize(
+    "fault", list(FAULTS), ids=lambda f: re.sub(r"[^a-z0-9]+", "_", f).strip("_")
+)
+def test_fault_loses_doubles_and_diverges_nothing(
+    fault: str,
+    stack: LocalStack,
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    base = settings_factory(chunk_max_records=100, flush_interval_s=0.5)
+    row = RESULTS.setdefault(fault, Row())
+    rng = random.Random(f"{fault}/{RUNS}")
+    for index in range(RUNS):
+        started = time.monotonic()
+        names = stack.create_fresh(f"f{index}", partitions=PARTITIONS)
+        settings = base.model_copy(
+            update={
+                "topics": list(names.topics),
+                "schema_topics": dict(zip(names.topics, DEMO_TOPICS, strict=True)),
+                "dead_letter_topic": names.dead_letter_topic,
+                "group_id": names.group_id,
+                "s3_bucket": names.bucket,
+                "azure_container": names.container,
+            }
+        )
+        run_dir = tmp_path / f"run{index}"
+        run_dir.mkdir()
+        run = Run(stack, settings, run_dir, rng, index)
+        try:
+            produced, survivors = FAULTS[fault](run)
+            # the proxy faults really happened (requests met a delay, an error or a drop)
+            assert all(p.injected > 0 for p in run.proxies), [p.injected for p in run.proxies]
+            try:
+                run.finish(produced, survivors)
+            except AssertionError as exc:
+                row.notes.append(f"run {index}: {str(exc)[:300]}")
+        finally:
+            run.close()
+        got = count(stack, run.settings, produced)
+        row.runs += 1
+        row.lost += got.lost
+        row.doubled += got.doubled
+        row.divergent += got.divergent
+        row.conflicts += run.conflicts()
+        row.seconds += time.monotonic() - started
+        assert produced.total > 0
+    assert row.clean(), f"{fault}: {row}\n" + "\n".join(row.notes)
