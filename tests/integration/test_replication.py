@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from replicator.config import Settings
@@ -149,7 +150,12 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
 def test_a_store_down_stops_neither_the_other_nor_the_service(
     stack: Any, settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    settings = settings_factory(health_interval_s=1.0, write_retry_s=2.0, chunk_max_records=300)
+    settings = settings_factory(
+        health_interval_s=1.0,
+        write_retry_s=2.0,
+        chunk_max_records=300,
+        max_buffer_bytes=2 * 1024 * 1024,
+    )
     env = stack.env()
     service = Service(settings, tmp_path).start()
     try:
@@ -157,11 +163,18 @@ def test_a_store_down_stops_neither_the_other_nor_the_service(
         wait_committed(settings.kafka_bootstrap, groups(settings), first.ends, 120, [service])
         stack.stop_service("azure")
         second = produce_records(settings, count=2000, bad_share=0.01, seed=21)
-        produced = first.merge(second)
-        # S3 keeps going while Azure is down.
+        third = produce_records(settings, count=6000, bad_share=0.0, seed=22)
+        produced = first.merge(second).merge(third)
+        # S3 keeps going while Azure is down, and memory stays bounded: the Azure lane's
+        # queue is dropped (max_buffer_bytes) and it will catch up from Kafka instead.
         wait_committed(
             settings.kafka_bootstrap, [settings.progress_group("s3")], produced.ends, 120, [service]
         )
+        assert service.proc is not None
+        family = [psutil.Process(service.proc.pid)]
+        family += family[0].children(recursive=True)
+        rss_mib = sum(p.memory_info().rss for p in family) / 2**20
+        assert rss_mib < 512, f"{rss_mib:.0f} MiB while a store is down"
         assert service.alive()
         # The service notices (puts fail past write_retry_s) before the store returns.
         deadline = time.monotonic() + 60
