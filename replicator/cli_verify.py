@@ -1,0 +1,279 @@
+"""The commands that prove and restore alignment: verify, replay, cutover, rclone-check.
+
+Exit codes (see docs/runbook.md):
+  verify:   0 aligned, 1 diverged, 3 could not check, 2 bad arguments or settings
+  replay:   0 done (written or already present), 1 conflicts or refused partitions,
+            3 Kafka or a store unavailable, 2 bad arguments or settings
+  cutover:  0 done (or rolled back), 1 refused: diverged, 3 could not check,
+            4 refused: lag not 0 within the timeout, 5 refused: a cutover record already
+            exists, 2 bad arguments or settings
+  rclone-check: rclone's own (0: no difference), 2 bad settings
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from replicator.config import Settings, load_settings
+from replicator.errors import ConfigError, ReplicatorError
+from replicator.logs import setup_logging
+
+TopicOpt = Annotated[list[str] | None, typer.Option("--topic", help="Only this topic (repeatable)")]
+PartitionOpt = Annotated[
+    list[int] | None, typer.Option("--partition", help="Only this partition (repeatable)")
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--json-report", help="Write the JSON report to this file")
+]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def parse_time(text: str, option: str) -> int:
+    """ISO 8601 (e.g. 2026-11-26T10:00:00Z; no zone means UTC) -> milliseconds since the
+    epoch."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _fail(
+            f"{option}: {text!r} is not an ISO 8601 time (2026-11-26T10:00:00Z)", 2
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _write_json(path: Path | None, data: bytes) -> None:
+    if path is not None:
+        path.write_bytes(data)
+
+
+def verify_command(
+    topic: TopicOpt = None,
+    partition: PartitionOpt = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only offsets from this record time (ISO 8601, UTC)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only offsets before this record time (ISO 8601, UTC)")
+    ] = None,
+    json_report: ReportOpt = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what verify finds, then verify again")
+    ] = False,
+    force_overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--force-overwrite",
+            help="With --repair: replace or delete an object that exists with wrong bytes",
+        ),
+    ] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Partitions checked at once")] = 8,
+) -> None:
+    """Prove both stores hold the same data: coverage without gap or overlap from the first
+    retained offset to each store's committed offset, the same keys with the same size and
+    MD5, and record-level differences for any object that differs. Exit 0 aligned,
+    1 diverged, 3 could not check."""
+    settings = _settings()
+    setup_logging("WARNING", "human")
+    if force_overwrite and not repair:
+        raise _fail("--force-overwrite only makes sense with --repair", 2)
+    since_ms = parse_time(since, "--since") if since else None
+    until_ms = parse_time(until, "--until") if until else None
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        raise _fail("--until must be after --since", 2)
+    from replicator.opsctx import OpsContext, ProgressLine
+    from replicator.repair import run_repair
+    from replicator.verify import VerifyOptions, run_verify
+    from replicator.verify_logic import VerifyReport
+
+    options = VerifyOptions(
+        topics=topic or None,
+        partitions=partition or None,
+        since_ms=since_ms,
+        until_ms=until_ms,
+        concurrency=concurrency,
+    )
+    try:
+        ctx = OpsContext.open(settings, "verify")
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+
+        def verify_once() -> VerifyReport:
+            with ProgressLine("verify", 0) as progress:
+                return run_verify(ctx, options, progress)
+
+        report: VerifyReport
+        if repair:
+            result = run_repair(ctx, options, force_overwrite=force_overwrite, verify=verify_once)
+            assert result.before is not None and result.after is not None
+            typer.echo("before repair:")
+            typer.echo(result.before.summary())
+            typer.echo(result.summary() or "nothing to repair")
+            typer.echo("after repair:")
+            report = result.after
+            typer.echo(report.summary())
+            data = report.to_json()
+            data["repair"] = result.to_json()
+            _write_json(json_report, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        else:
+            report = verify_once()
+            typer.echo(report.summary())
+            _write_json(json_report, report.dumps())
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    finally:
+        ctx.close()
+    raise typer.Exit(report.exit_code)
+
+
+def replay_command(
+    store: Annotated[
+        list[str] | None,
+        typer.Option("--store", help="Write into this store (repeatable; default: every one)"),
+    ] = None,
+    topic: TopicOpt = None,
+    partition: PartitionOpt = None,
+    from_offset: Annotated[int | None, typer.Option(min=0, help="First offset (inclusive)")] = None,
+    to_offset: Annotated[int | None, typer.Option(min=0, help="Last offset (inclusive)")] = None,
+    from_time: Annotated[
+        str | None, typer.Option(help="From the first record at or after this time (ISO 8601)")
+    ] = None,
+    to_time: Annotated[
+        str | None, typer.Option(help="Up to the last record before this time (ISO 8601)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, write nothing")] = False,
+    advance_groups: Annotated[
+        bool,
+        typer.Option(
+            "--advance-groups",
+            help="Move a store's committed offset to the end of the range when it lies in it",
+        ),
+    ] = False,
+    json_report: ReportOpt = None,
+) -> None:
+    """Drive an offset or time range of some partitions into one or both stores again;
+    data already present is left as is (nothing is created twice). Exit 0 done,
+    1 conflicts, 3 Kafka or a store unavailable."""
+    settings = _settings()
+    setup_logging("WARNING", "human")
+    by_offset = from_offset is not None or to_offset is not None
+    by_time = from_time is not None or to_time is not None
+    if by_offset and by_time:
+        raise _fail("give an offset range or a time range, not both", 2)
+    if from_offset is not None and to_offset is not None and to_offset < from_offset:
+        raise _fail("--to-offset is below --from-offset", 2)
+    from_ms = parse_time(from_time, "--from-time") if from_time else None
+    to_ms = parse_time(to_time, "--to-time") if to_time else None
+    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+        raise _fail("--to-time must be after --from-time", 2)
+    from replicator.kafkaview import KafkaUnavailable
+    from replicator.opsctx import OpsContext
+    from replicator.replay import RangeRequest, resolve_times, run_replay
+
+    try:
+        ctx = OpsContext.open(settings, "replay")
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        targets = ctx.check_store_names(store or list(ctx.stores))
+        tps = ctx.targets(topic or None, partition or None)
+        if by_time:
+            requests = resolve_times(ctx, tps, from_ms, to_ms)
+        else:
+            requests = [RangeRequest(tp, from_offset, to_offset) for tp in tps]
+        report = run_replay(ctx, requests, targets, dry_run=dry_run, advance=advance_groups)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except KafkaUnavailable as exc:
+        raise _fail(str(exc), 3) from None
+    finally:
+        ctx.close()
+    typer.echo(report.summary())
+    _write_json(
+        json_report, (json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode()
+    )
+    raise typer.Exit(report.exit_code)
+
+
+def cutover_command(
+    retire: Annotated[
+        str | None, typer.Option(help="The store to stop writing (s3 or azure)")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for every store's lag to reach 0")
+    ] = 300.0,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Undo a cutover: write every store again")
+    ] = False,
+    json_report: ReportOpt = None,
+) -> None:
+    """Retire a store: wait for lag 0, verify, and only if aligned write a cutover record
+    into both stores (the service then stops writing the retired store at its next start).
+    --rollback undoes it. Exit 0 done, 1 diverged, 3 could not check, 4 lagging, 5 a
+    cutover record already exists."""
+    settings = _settings()
+    setup_logging("WARNING", "human")
+    if rollback == (retire is not None):
+        raise _fail("give either --retire STORE or --rollback", 2)
+    from replicator.cutover import run_cutover, run_rollback
+    from replicator.opsctx import OpsContext
+
+    try:
+        ctx = OpsContext.open(settings, "cutover")
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        if rollback:
+            result = run_rollback(ctx)
+        else:
+            assert retire is not None
+            result = run_cutover(ctx, retire, timeout, say=typer.echo)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    finally:
+        ctx.close()
+    if result.report is not None:
+        typer.echo(result.report.summary())
+        _write_json(json_report, result.report.dumps())
+    if result.exit_code == 0:
+        typer.echo(result.message)
+    else:
+        typer.echo(f"error: {result.message}", err=True)
+    raise typer.Exit(result.exit_code)
+
+
+def rclone_check_command() -> None:
+    """Independent check with rclone: compare every object's size and MD5 between the S3
+    store and the Azure store (exit 0: no difference; rclone's exit code otherwise)."""
+    settings = _settings()
+    from replicator.rclone import rclone_check
+
+    try:
+        result = rclone_check(settings)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except ReplicatorError as exc:
+        raise _fail(str(exc), 3) from None
+    typer.echo(" ".join(result.command))
+    typer.echo(result.output.rstrip())
+    raise typer.Exit(result.returncode)
