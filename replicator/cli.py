@@ -124,6 +124,18 @@ def run() -> None:
         from replicator.stores.factory import build_stores
 
         stores = build_stores(settings)
+        # After a cutover the retired store is neither written nor watched (no lag alerts).
+        from replicator.cutover import retired_stores
+
+        retired = retired_stores(stores)
+        for store in [st for st in stores if st.name in retired]:
+            log.warning("store_retired", extra=fields(store=store.name))
+            store.close()
+        if retired:
+            stores = [st for st in stores if st.name not in retired]
+            settings = settings.model_copy(
+                update={"stores": [n for n in settings.stores if n not in retired]}
+            )
         metrics = Metrics(stores=settings.stores, topics=settings.topics)
         service = Replicator(settings, stores, registry, metrics)
         service.install_signal_handlers()

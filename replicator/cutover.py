@@ -11,7 +11,8 @@
    and the versions. Both stores receive the same bytes.
 
 The service reads the record when it starts (`retired_stores`, called once by
-`Replicator.run`) and no longer writes the retired store; a running service keeps writing
+`replicator run`) and neither writes nor watches the retired store (no lag metrics or
+alerts for it); a running service keeps writing
 both stores until it is restarted (a rolling restart is enough).
 
 `run_rollback` moves the record aside (`_cutover/rolled-back-<time>.json`, for the audit

@@ -271,14 +271,6 @@ class Replicator:
                 version=__version__, stores=[ln.name for ln in self.lanes], topics=s.topics
             ),
         )
-        from replicator.cutover import retired_stores  # the cutover record, read once
-
-        retired = retired_stores([ln.store for ln in self.lanes])
-        for lane in [ln for ln in self.lanes if ln.name in retired]:
-            log.warning("store_retired", extra=fields(store=lane.name))
-            lane.executor.shutdown(wait=False)
-            lane.store.close()
-        self.lanes = [ln for ln in self.lanes if ln.name not in retired]
         for lane in self.lanes:
             lane.progress = ProgressLog(self.kafka_conf, s.progress_group(lane.name))
             self.metrics.store_up.labels(lane.name).set(0)
