@@ -18,6 +18,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from replicator import __version__
+from replicator.cli_common import fail, load_or_exit
 from replicator.cli_produce import produce_command
 from replicator.cli_stack import app as stack_app
 from replicator.cli_verify import (
@@ -26,7 +27,7 @@ from replicator.cli_verify import (
     replay_command,
     verify_command,
 )
-from replicator.config import Settings, load_settings
+from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError, StoreError
 from replicator.logs import fields, setup_logging
 
@@ -58,18 +59,6 @@ app.command("cutover", short_help="Retire a store once verify passes; or roll ba
 app.command("rclone-check", short_help="Compare both stores with rclone (sizes and MD5s).")(
     rclone_check_command
 )
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise fail(str(exc), 2) from None
 
 
 def wait_for_broker(settings: Settings, stop_after: float | None = None) -> AdminClient:
@@ -109,7 +98,7 @@ def wait_for_broker(settings: Settings, stop_after: float | None = None) -> Admi
 @app.command()
 def run() -> None:
     """Run the service: consume, validate, and write every record to every store."""
-    settings = _settings()
+    settings = load_or_exit()
     setup_logging(settings.log_level, settings.log_format)
     from replicator.lag import LagMonitor
     from replicator.metrics import Metrics
@@ -159,7 +148,7 @@ def run() -> None:
 def check() -> None:
     """Test connectivity and permissions to the broker and to every store; exit 1 naming
     what failed."""
-    settings = _settings()
+    settings = load_or_exit()
     setup_logging("WARNING", "human")
     from replicator.check import run_checks
 
@@ -178,7 +167,7 @@ def show_config(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object")] = False,
 ) -> None:
     """Print the effective configuration, secrets masked."""
-    settings = _settings()
+    settings = load_or_exit()
     values = settings.printable()
     if as_json:
         typer.echo(json.dumps(values, default=str))

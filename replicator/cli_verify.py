@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from replicator.config import Settings, load_settings
+from replicator.cli_common import fail, load_or_exit
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.logs import setup_logging
 
@@ -35,25 +35,13 @@ ReportOpt = Annotated[
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-
-
 def parse_time(text: str, option: str) -> int:
     """ISO 8601 (e.g. 2026-11-26T10:00:00Z; no zone means UTC) -> milliseconds since the
     epoch."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise _fail(
+        raise fail(
             f"{option}: {text!r} is not an ISO 8601 time (2026-11-26T10:00:00Z)", 2
         ) from None
     if moment.tzinfo is None:
@@ -92,14 +80,14 @@ def verify_command(
     retained offset to each store's committed offset, the same keys with the same size and
     MD5, and record-level differences for any object that differs. Exit 0 aligned,
     1 diverged, 3 could not check."""
-    settings = _settings()
+    settings = load_or_exit()
     setup_logging("WARNING", "human")
     if force_overwrite and not repair:
-        raise _fail("--force-overwrite only makes sense with --repair", 2)
+        raise fail("--force-overwrite only makes sense with --repair", 2)
     since_ms = parse_time(since, "--since") if since else None
     until_ms = parse_time(until, "--until") if until else None
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
-        raise _fail("--until must be after --since", 2)
+        raise fail("--until must be after --since", 2)
     from replicator.opsctx import OpsContext, ProgressLine
     from replicator.repair import run_repair
     from replicator.verify import VerifyOptions, run_verify
@@ -115,7 +103,7 @@ def verify_command(
     try:
         ctx = OpsContext.open(settings, "verify")
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     try:
 
         def verify_once() -> VerifyReport:
@@ -140,7 +128,7 @@ def verify_command(
             typer.echo(report.summary())
             _write_json(json_report, report.dumps())
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     finally:
         ctx.close()
     raise typer.Exit(report.exit_code)
@@ -174,18 +162,18 @@ def replay_command(
     """Drive an offset or time range of some partitions into one or both stores again;
     data already present is left as is (nothing is created twice). Exit 0 done,
     1 conflicts, 3 Kafka or a store unavailable."""
-    settings = _settings()
+    settings = load_or_exit()
     setup_logging("WARNING", "human")
     by_offset = from_offset is not None or to_offset is not None
     by_time = from_time is not None or to_time is not None
     if by_offset and by_time:
-        raise _fail("give an offset range or a time range, not both", 2)
+        raise fail("give an offset range or a time range, not both", 2)
     if from_offset is not None and to_offset is not None and to_offset < from_offset:
-        raise _fail("--to-offset is below --from-offset", 2)
+        raise fail("--to-offset is below --from-offset", 2)
     from_ms = parse_time(from_time, "--from-time") if from_time else None
     to_ms = parse_time(to_time, "--to-time") if to_time else None
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
-        raise _fail("--to-time must be after --from-time", 2)
+        raise fail("--to-time must be after --from-time", 2)
     from replicator.kafkaview import KafkaUnavailable
     from replicator.opsctx import OpsContext
     from replicator.replay import RangeRequest, resolve_times, run_replay
@@ -193,7 +181,7 @@ def replay_command(
     try:
         ctx = OpsContext.open(settings, "replay")
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     try:
         targets = ctx.check_store_names(store or list(ctx.stores))
         tps = ctx.targets(topic or None, partition or None)
@@ -203,9 +191,9 @@ def replay_command(
             requests = [RangeRequest(tp, from_offset, to_offset) for tp in tps]
         report = run_replay(ctx, requests, targets, dry_run=dry_run, advance=advance_groups)
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     except KafkaUnavailable as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     finally:
         ctx.close()
     typer.echo(report.summary())
@@ -231,17 +219,17 @@ def cutover_command(
     into both stores (the service then stops writing the retired store at its next start).
     --rollback undoes it. Exit 0 done, 1 diverged, 3 could not check, 4 lagging, 5 a
     cutover record already exists."""
-    settings = _settings()
+    settings = load_or_exit()
     setup_logging("WARNING", "human")
     if rollback == (retire is not None):
-        raise _fail("give either --retire STORE or --rollback", 2)
+        raise fail("give either --retire STORE or --rollback", 2)
     from replicator.cutover import run_cutover, run_rollback
     from replicator.opsctx import OpsContext
 
     try:
         ctx = OpsContext.open(settings, "cutover")
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     try:
         if rollback:
             result = run_rollback(ctx)
@@ -249,7 +237,7 @@ def cutover_command(
             assert retire is not None
             result = run_cutover(ctx, retire, timeout, say=typer.echo)
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     finally:
         ctx.close()
     if result.report is not None:
@@ -265,15 +253,15 @@ def cutover_command(
 def rclone_check_command() -> None:
     """Independent check with rclone: compare every object's size and MD5 between the S3
     store and the Azure store (exit 0: no difference; rclone's exit code otherwise)."""
-    settings = _settings()
+    settings = load_or_exit()
     from replicator.rclone import rclone_check
 
     try:
         result = rclone_check(settings)
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     except ReplicatorError as exc:
-        raise _fail(str(exc), 3) from None
+        raise fail(str(exc), 3) from None
     typer.echo(" ".join(result.command))
     typer.echo(result.output.rstrip())
     raise typer.Exit(result.returncode)

@@ -54,7 +54,7 @@ from replicator.container import RawRecord, encode_container
 from replicator.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.errors import ConflictError, StoreError
 from replicator.judge import Verdict, judge, judge_batch, start_pool
-from replicator.keys import offset_marker, parse_key, partition_prefix
+from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
 from replicator.logs import fields
 from replicator.metrics import Metrics
 from replicator.progress import TP, ProgressLog
@@ -780,7 +780,7 @@ class Replicator:
             if plan.end_for(first) == last:
                 continue
             if plan.overlapping(first, last):
-                key = str(parse_key(f"{partition_prefix(*tp)}{first:020d}-{last:020d}.avro"))
+                key = object_key(tp[0], tp[1], first, last)
                 log.warning(
                     "uncommitted_object_deleted",
                     extra=fields(
