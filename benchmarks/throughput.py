@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--skip", nargs="*", default=[], choices=["catchup", "replay"])
     parser.add_argument(
+        "--replicas", type=int, default=1, help="replicas sharing the end-to-end run"
+    )
+    parser.add_argument(
         "--flush-interval",
         type=float,
         default=2.0,
@@ -191,11 +194,17 @@ def main() -> None:
             update={"group_id": "bench-e2e", "s3_prefix": "e2e", "azure_prefix": "e2e"}
         )
         rss: list[float] = []
+        # Extra replicas share the group: they split the partitions (the first one is watched
+        # for RSS; the time is until both stores' groups hold everything).
+        extra = [
+            Service(settings, log_dir, name=f"e2e-{i}").start() for i in range(1, args.replicas)
+        ]
         service = Service(settings, log_dir, name="e2e").start()
         e2e_s = wait_groups(
             settings, [settings.progress_group(s) for s in settings.stores], ends, service, rss
         )
-        service.stop()
+        for replica in [service, *extra]:
+            replica.stop()
         stored = sum(
             o["Size"]
             for page in stack.s3.get_paginator("list_objects_v2").paginate(
@@ -203,7 +212,15 @@ def main() -> None:
             )
             for o in page.get("Contents", [])
         )
-        rows.append(Row("end to end, both stores", e2e_s, total, value_mb, max(rss)))
+        rows.append(
+            Row(
+                f"end to end, both stores, {args.replicas} replica(s)",
+                e2e_s,
+                total,
+                value_mb,
+                max(rss),
+            )
+        )
         print(
             f"end to end: {total / e2e_s:,.0f} records/s, peak RSS {max(rss):.0f} MiB", flush=True
         )
@@ -276,7 +293,7 @@ def main() -> None:
         rate = row.records / row.seconds
         rss_text = f"{row.peak_rss_mib:.0f} MiB" if row.peak_rss_mib else ""
         print(
-            f"{row.name:<32} {row.seconds:8.2f} {rate:11,.0f} {rate / raw_rate:7.3f} {rss_text:>9}  {row.note}"
+            f"{row.name:<42} {row.seconds:8.2f} {rate:11,.0f} {rate / raw_rate:7.3f} {rss_text:>9}  {row.note}"
         )
 
 
