@@ -288,7 +288,7 @@ def main() -> None:
         f"workload: {total:,} records ({args.partitions} partitions x {len(DEMO_TOPICS)} topics), "
         f"{stored / 1e6:.1f} MB stored per store; machine: {os.cpu_count()} cores"
     )
-    print(f"{'measure':<32} {'seconds':>8} {'records/s':>11} {'x raw':>7} {'peak RSS':>9}")
+    print(f"{'measure':<42} {'seconds':>8} {'records/s':>11} {'x raw':>7} {'peak RSS':>9}")
     for row in rows:
         rate = row.records / row.seconds
         rss_text = f"{row.peak_rss_mib:.0f} MiB" if row.peak_rss_mib else ""
