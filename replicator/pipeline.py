@@ -665,7 +665,8 @@ class Replicator:
                 continue
             pos = lane.positions.get(tp, state.chunker.open_first)
             try:
-                self._reconcile_orphans(lane, tp, pos, state.plan)
+                kept = self._reconcile_orphans(lane, tp, pos, state.plan)
+                pos = self._fast_forward(lane, tp, pos, kept, state.chunker.open_first)
             except StoreError as exc:
                 if lane.catchup is None:
                     catchup.consumer.close()
@@ -771,13 +772,27 @@ class Replicator:
                 out.append((key.first, key.last))
         return out
 
-    def _reconcile_orphans(self, lane: Lane, tp: TP, position: int, plan: CutPlan) -> None:
+    def _reconcile_orphans(
+        self,
+        lane: Lane,
+        tp: TP,
+        position: int,
+        plan: CutPlan,
+        listed: list[tuple[int, int]] | None = None,
+    ) -> list[tuple[int, int]]:
         """Objects past the lane's committed position were written but never committed (a
-        crash between put and commit). One that matches a known cut is kept (the next put
-        finds it already present); one that overlaps a known cut differently was never
-        committed by anyone and would double offsets: it is deleted. Others join the plan."""
-        for first, last in self._list_cuts(lane, tp, position):
+        crash between put and commit), or are there already (a replay). One that matches a
+        known cut is kept (the next put finds it already present); one that overlaps a known
+        cut differently was never committed by anyone and would double offsets: it is deleted.
+        Others join the plan. Returns the cuts of the objects kept."""
+        if listed is None:
+            listed = self._list_cuts(lane, tp, position)
+        kept = []
+        for first, last in listed:
+            if first < position:
+                continue
             if plan.end_for(first) == last:
+                kept.append((first, last))
                 continue
             if plan.overlapping(first, last):
                 key = object_key(tp[0], tp[1], first, last)
@@ -795,6 +810,28 @@ class Replicator:
                 lane.store.delete(key)
             else:
                 plan.add(first, last)
+                kept.append((first, last))
+        return kept
+
+    def _fast_forward(
+        self, lane: Lane, tp: TP, position: int, kept: list[tuple[int, int]], limit: int | None
+    ) -> int:
+        """Move a lane's position past its own objects that follow it without a gap (a replay
+        over data already present, or objects written but not committed before a crash):
+        each holds every good record of its range, so nothing needs reading again."""
+        ends = dict(kept)
+        moved = position
+        while moved in ends and (limit is None or ends[moved] < limit):
+            moved = ends[moved] + 1
+        if moved != position:
+            lane.positions[tp] = moved
+            log.info(
+                "position_fast_forwarded",
+                extra=fields(
+                    store=lane.name, topic=tp[0], partition=tp[1], first=position, to=moved
+                ),
+            )
+        return moved
 
     def _prepare(self, tp: TP) -> PartitionState:
         """Decide where a newly assigned partition starts and which cuts it must follow."""
@@ -850,14 +887,21 @@ class Replicator:
                 ),
             )
             return state
+        ready_lanes = []
         for lane in up:
             if lane.name not in listed:
                 continue
             try:
-                self._reconcile_orphans(lane, tp, pos[lane.name], plan)
+                kept = self._reconcile_orphans(lane, tp, pos[lane.name], plan, listed[lane.name])
             except StoreError as exc:
                 self._mark_down(lane, str(exc))
                 continue
+            pos[lane.name] = self._fast_forward(lane, tp, pos[lane.name], kept, None)
+            ready_lanes.append(lane)
+        if max(pos.values()) != start:  # a lane moved past its own objects
+            start = max(pos.values())
+            state.chunker = PartitionChunker(tp[0], tp[1], self.rules, start, plan)
+        for lane in ready_lanes:
             if pos[lane.name] >= start:
                 self._join_live(lane, tp, start)
         return state
