@@ -665,8 +665,7 @@ class Replicator:
                 continue
             pos = lane.positions.get(tp, state.chunker.open_first)
             try:
-                kept = self._reconcile_orphans(lane, tp, pos, state.plan)
-                pos = self._fast_forward(lane, tp, pos, kept, state.chunker.open_first)
+                self._reconcile_orphans(lane, tp, pos, state.plan)
             except StoreError as exc:
                 if lane.catchup is None:
                     catchup.consumer.close()
@@ -813,15 +812,13 @@ class Replicator:
                 kept.append((first, last))
         return kept
 
-    def _fast_forward(
-        self, lane: Lane, tp: TP, position: int, kept: list[tuple[int, int]], limit: int | None
-    ) -> int:
+    def _fast_forward(self, lane: Lane, tp: TP, position: int, kept: list[tuple[int, int]]) -> int:
         """Move a lane's position past its own objects that follow it without a gap (a replay
         over data already present, or objects written but not committed before a crash):
         each holds every good record of its range, so nothing needs reading again."""
         ends = dict(kept)
         moved = position
-        while moved in ends and (limit is None or ends[moved] < limit):
+        while moved in ends:
             moved = ends[moved] + 1
         if moved != position:
             lane.positions[tp] = moved
@@ -896,7 +893,11 @@ class Replicator:
             except StoreError as exc:
                 self._mark_down(lane, str(exc))
                 continue
-            pos[lane.name] = self._fast_forward(lane, tp, pos[lane.name], kept, None)
+            if commits[lane.name] is not None:
+                # Only from a real commit: with none (a new group, or a broker that lost its
+                # log and its groups) objects under these offsets may hold other records, and
+                # writing the partition again is what reveals it (as conflicts).
+                pos[lane.name] = self._fast_forward(lane, tp, pos[lane.name], kept)
             ready_lanes.append(lane)
         if max(pos.values()) != start:  # a lane moved past its own objects
             start = max(pos.values())
