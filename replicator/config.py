@@ -29,6 +29,23 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+def sse_customer_key_bytes(key: SecretStr) -> bytes:
+    """The 32 raw bytes of an SSE-C key given as base64; ValueError (without the key) if the
+    text is not base64 or does not decode to 32 bytes."""
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(key.get_secret_value().strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("REPLICATOR_S3_SSE_CUSTOMER_KEY is not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(
+            f"REPLICATOR_S3_SSE_CUSTOMER_KEY must decode to 32 bytes (AES-256), not {len(raw)}"
+        )
+    return raw
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REPLICATOR_",
@@ -104,6 +121,12 @@ class Settings(BaseSettings):
     s3_sse_kms_key_id: str | None = Field(
         default=None,
         description="KMS key id for s3_sse=aws:kms (x-amz-server-side-encryption-aws-kms-key-id)",
+    )
+    s3_sse_customer_key: SecretStr | None = Field(
+        default=None,
+        description="SSE-C: base64 of a 32-byte AES-256 key the S3 service encrypts every "
+        "object with and does not keep; sent (with its MD5) on every put, head and get; "
+        "without it the objects cannot be read back. Not with REPLICATOR_S3_SSE",
     )
     azure_connection_string: SecretStr | None = Field(
         default=None,
@@ -243,6 +266,13 @@ class Settings(BaseSettings):
                 )
         if self.s3_sse_kms_key_id and self.s3_sse != "aws:kms":
             raise ValueError("REPLICATOR_S3_SSE_KMS_KEY_ID needs REPLICATOR_S3_SSE=aws:kms")
+        if self.s3_sse_customer_key is not None:
+            if self.s3_sse:
+                raise ValueError(
+                    "REPLICATOR_S3_SSE_CUSTOMER_KEY (SSE-C) cannot be combined with "
+                    "REPLICATOR_S3_SSE: choose one server-side encryption"
+                )
+            sse_customer_key_bytes(self.s3_sse_customer_key)
         if self.dead_letter_topic in self.topics:
             raise ValueError("the dead-letter topic cannot also be a replicated topic")
         if self.kafka_sasl_mechanism and not (

@@ -37,6 +37,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from replicator.config import sse_customer_key_bytes
 from replicator.errors import ConfigError, ConflictError, StoreError, StoreErrorKind
 from replicator.stores.base import ObjectInfo, PutOutcome
 
@@ -204,6 +205,7 @@ class S3Store:
         content_type: str = DEFAULT_CONTENT_TYPE,
         sse: str | None = None,
         sse_kms_key_id: str | None = None,
+        sse_customer_key: bytes | None = None,
     ) -> None:
         quiet_sdk_loggers()
         # Server-side encryption asked for on every put (AES256 or aws:kms [+ key id]).
@@ -212,6 +214,18 @@ class S3Store:
             self._sse_args["ServerSideEncryption"] = sse
         if sse_kms_key_id:
             self._sse_args["SSEKMSKeyId"] = sse_kms_key_id
+        # SSE-C: the same customer key on every put, head and get (botocore base64-encodes
+        # it and adds its MD5 header); the service keeps no key, so no read works without it.
+        self._ssec_args: dict[str, Any] = {}
+        if sse_customer_key is not None:
+            if sse:
+                raise ConfigError("SSE-C cannot be combined with another server-side encryption")
+            if len(sse_customer_key) != 32:
+                raise ConfigError("the SSE-C key must be 32 bytes (AES-256)")
+            self._ssec_args = {
+                "SSECustomerAlgorithm": "AES256",
+                "SSECustomerKey": sse_customer_key,
+            }
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"S3 endpoint {_safe_endpoint(endpoint)!r} is not an http(s) URL")
@@ -274,6 +288,11 @@ class S3Store:
             max_pool_connections=max(16, 2 * settings.write_concurrency),
             sse=settings.s3_sse,
             sse_kms_key_id=settings.s3_sse_kms_key_id,
+            sse_customer_key=(
+                sse_customer_key_bytes(settings.s3_sse_customer_key)
+                if settings.s3_sse_customer_key is not None
+                else None
+            ),
         )
 
     def __repr__(self) -> str:
@@ -315,6 +334,7 @@ class S3Store:
                 IfNoneMatch="*",
                 Metadata=dict(metadata),
                 **self._sse_args,  # type: ignore[arg-type]
+                **self._ssec_args,
             )
         except ClientError as exc:
             if _code(exc) in _EXISTS_CODES or _status(exc) == 412:
@@ -348,7 +368,9 @@ class S3Store:
 
     def read(self, key: str) -> bytes:
         try:
-            response = self._client.get_object(Bucket=self._bucket, Key=self._full(key))
+            response = self._client.get_object(
+                Bucket=self._bucket, Key=self._full(key), **self._ssec_args
+            )
             body = response["Body"]
             try:
                 return body.read()
@@ -380,7 +402,9 @@ class S3Store:
     def _existing_md5(self, key: str) -> str | None:
         """The MD5 of the object at `key` (which exists): from its ETag, else from its bytes."""
         try:
-            head = self._client.head_object(Bucket=self._bucket, Key=self._full(key))
+            head = self._client.head_object(
+                Bucket=self._bucket, Key=self._full(key), **self._ssec_args
+            )
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("NoSuchKey", "NotFound"):
                 # Refused as existing, yet gone (deleted, or a concurrent create not finished).
@@ -393,7 +417,8 @@ class S3Store:
         except BotoCoreError as exc:
             raise self._error(exc, f"head {key}") from None
         # Under SSE-KMS the ETag is not the MD5 of the body (AWS documents it): hash the bytes.
-        kms = self._sse_args.get("ServerSideEncryption") == "aws:kms"
+        # Nor under SSE-C (AWS: the ETag of an SSE-C object is not the MD5 of its data).
+        kms = self._sse_args.get("ServerSideEncryption") == "aws:kms" or bool(self._ssec_args)
         md5_hex = None if kms else md5_from_etag(head.get("ETag"))
         if md5_hex is not None:
             return md5_hex

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -408,6 +409,7 @@ def test_secrets_mounted_as_files_by_reference(production: Manifests) -> None:
     assert items == {
         ("replicator-scaleway", "access-key"): "REPLICATOR_S3_ACCESS_KEY",
         ("replicator-scaleway", "secret-key"): "REPLICATOR_S3_SECRET_KEY",
+        ("replicator-scaleway", "sse-customer-key"): "REPLICATOR_S3_SSE_CUSTOMER_KEY",
         ("replicator-azure-sas", "connection-string"): "REPLICATOR_AZURE_CONNECTION_STRING",
         ("replicator-kafka-user", "password"): "REPLICATOR_KAFKA_SASL_PASSWORD",
         ("replicator-kafka-user", "username"): "REPLICATOR_KAFKA_SASL_USERNAME",
@@ -466,7 +468,10 @@ def test_the_pod_environment_is_a_valid_configuration(
     volume = next(v for v in pod_spec(manifests)["volumes"] if v["name"] == "secrets")
     for source in volume["projected"]["sources"]:
         for item in source["secret"]["items"]:
-            (tmp_path / item["path"]).write_text(f"value-of-{item['key']}\n")
+            value = f"value-of-{item['key']}"
+            if item["path"] == "REPLICATOR_S3_SSE_CUSTOMER_KEY":  # must be base64 of 32 bytes
+                value = base64.b64encode(value.encode().ljust(32, b"-")).decode()
+            (tmp_path / item["path"]).write_text(value + "\n")
     clean_env.setenv("REPLICATOR_SECRETS_DIR", str(tmp_path))
     for key in ("REPLICATOR_KAFKA_SSL_CA_LOCATION",):
         clean_env.delenv(key, raising=False)  # a mounted path that does not exist here

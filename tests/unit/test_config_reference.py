@@ -47,6 +47,7 @@ def test_secrets_show_no_default_and_are_the_expected_fields() -> None:
     assert set(secrets) == {
         "s3_access_key",
         "s3_secret_key",
+        "s3_sse_customer_key",
         "azure_connection_string",
         "kafka_sasl_password",
     }
