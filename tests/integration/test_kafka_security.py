@@ -7,9 +7,16 @@ tunnel's address: librdkafka does the real handshake and checks the chain agains
 kafka_ssl_ca_location. `replicator check` passes with the CA and fails without it;
 `replicator run` replicates through TLS into both stores of the session stack.
 
-Kafka SASL is not shown here: Tansu 0.6.0 with `--authentication` closes the connection on
-a PLAIN handshake and answers SCRAM-SHA-256/512 with "unknown-user" even for users made
-with `tansu user create` (see docs/guarantees.md).
+Kafka SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): Tansu 0.6.0 cannot authenticate anyone
+(with `--authentication`, `tansu user create` is refused, a PLAIN handshake closes the
+connection and SCRAM answers "unknown-user"), so a SASL-terminating proxy
+(tests/support/saslproxy.py) sits in front of a broker of this module, which advertises the
+proxy's address: librdkafka runs its real SASL exchange (SCRAM proofs and server signature
+checked both ways), a wrong password is refused with SASL_AUTHENTICATION_FAILED, and a client
+without SASL is cut off. `replicator check` fails with the wrong password (exit 1, kafka
+named, the password nowhere in its output) and passes with the right one; `replicator run`
+replicates through SASL into both stores of the session stack, and neither its logs nor
+/metrics show the password.
 """
 
 from __future__ import annotations
@@ -17,17 +24,20 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from pydantic import SecretStr
@@ -37,7 +47,8 @@ from replicator.errors import StoreError
 from replicator.stack import tansu_binary
 from replicator.stores.s3 import S3Store
 from tests.support.faultproxy import FaultProxy, make_ca
-from tests.support.produce import produce_records
+from tests.support.produce import Produced, produce_records
+from tests.support.saslproxy import MECHANISMS, SaslProxy
 from tests.support.service import Service, settings_env
 from tests.support.tlstunnel import TlsTunnel
 
@@ -62,48 +73,80 @@ def _free_port() -> int:
     return port
 
 
+@contextmanager
+def _tansu(log: Path, listen_port: int, advertised_port: int) -> Iterator[None]:
+    """A broker of its own listening on `listen_port` and advertising `advertised_port` (the
+    tunnel or proxy in front of it), so metadata sends clients back through that front."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "CLUSTER_ID")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                f"tcp://{HOST}:{listen_port}",
+                "--advertised-listener-url",
+                f"tcp://{HOST}:{advertised_port}",
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection((HOST, listen_port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "tansu did not start"
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture
 def tls_kafka(tmp_path: Path) -> Iterator[TlsKafka]:
     ca, cert, key = make_ca(tmp_path / "kafka-tls")
     plain_port = _free_port()
-    with TlsTunnel(plain_port, cert, key) as tunnel:
-        url = f"tcp://{HOST}:{plain_port}"
-        advertised = f"tcp://{HOST}:{tunnel.port}"
-        env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "CLUSTER_ID")}
-        with (tmp_path / "tansu.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    str(tansu_binary()),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    advertised,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        try:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    socket.create_connection((HOST, plain_port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None, (tmp_path / "tansu.log").read_text()
-                    assert time.monotonic() < deadline, "tansu did not start"
-                    time.sleep(0.05)
-            yield TlsKafka(bootstrap=f"{HOST}:{tunnel.port}", ca=ca)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with (
+        TlsTunnel(plain_port, cert, key) as tunnel,
+        _tansu(tmp_path / "tansu.log", plain_port, tunnel.port),
+    ):
+        yield TlsKafka(bootstrap=f"{HOST}:{tunnel.port}", ca=ca)
+
+
+# Distinctive values, so that finding one in an output is never a coincidence.
+SASL_USER = "replicator"
+SASL_PASSWORD = "sasl-right-" + secrets.token_hex(8)
+SASL_WRONG_PASSWORD = "sasl-wrong-" + secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class SaslKafka:
+    bootstrap: str  # the proxy (SASL)
+    proxy: SaslProxy
+
+
+@pytest.fixture(scope="module")
+def sasl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslKafka]:
+    """One broker behind one SASL proxy (every mechanism enabled) for the module's tests."""
+    root = tmp_path_factory.mktemp("kafka-sasl")
+    plain_port = _free_port()
+    with (
+        SaslProxy(plain_port, {SASL_USER: SASL_PASSWORD}) as proxy,
+        _tansu(root / "tansu.log", plain_port, proxy.port),
+    ):
+        yield SaslKafka(bootstrap=f"{HOST}:{proxy.port}", proxy=proxy)
 
 
 def _conf(settings: Settings) -> dict[str, Any]:
@@ -124,16 +167,31 @@ def _create_topics(settings: Settings, partitions: int) -> None:
         time.sleep(0.1)
 
 
-def _check(settings: Settings) -> subprocess.CompletedProcess[str]:
+def _check_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
     env.update(settings_env(settings))
+    return env
+
+
+def _check(settings: Settings) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "replicator", "check"],
-        env=env,
+        env=_check_env(settings),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+    )
+
+
+def _start_check(settings: Settings) -> subprocess.Popen[str]:
+    """`replicator check` in the background (a refused broker waits out its timeout)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "replicator", "check"],
+        env=_check_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -192,6 +250,11 @@ def test_kafka_tls_with_a_custom_ca_check_and_run_end_to_end(
         _wait_committed(settings, produced.ends, service, 60)
     finally:
         assert service.stop() == 0
+    _assert_in_both_stores(stack, settings, produced)
+
+
+def _assert_in_both_stores(stack: Any, settings: Settings, produced: Produced) -> None:
+    """Every produced record in both stores, once, under the same keys."""
     assert settings.s3_bucket is not None and settings.azure_container is not None
     s3_keys = [
         o["Key"]
@@ -213,6 +276,79 @@ def test_kafka_tls_with_a_custom_ca_check_and_run_end_to_end(
     got = {(tp, offset) for tp, records in content.records.items() for offset in records}
     want = {(tp, offset) for tp, end in produced.ends.items() for offset in range(end)}
     assert got == want, (len(got), len(want))
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_kafka_sasl_check_and_run_end_to_end(
+    mechanism: str,
+    stack: Any,
+    settings_factory: Callable[..., Settings],
+    sasl_kafka: SaslKafka,
+    tmp_path: Path,
+) -> None:
+    metrics_port = _free_port()
+    settings = settings_factory(
+        kafka_bootstrap=sasl_kafka.bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism=mechanism,
+        kafka_sasl_username=SASL_USER,
+        kafka_sasl_password=SecretStr(SASL_PASSWORD),
+        chunk_max_records=100,
+        metrics_port=metrics_port,
+    )
+    proxy = sasl_kafka.proxy
+    failed_before = proxy.failed[mechanism]
+    # The wrong password: refused at every attempt, so check waits out its broker timeout;
+    # it runs alongside the rest of the test.
+    wrong = _start_check(
+        settings.model_copy(update={"kafka_sasl_password": SecretStr(SASL_WRONG_PASSWORD)})
+    )
+    try:
+        _create_topics(settings, partitions=2)
+        done = _check(settings)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert SASL_PASSWORD not in done.stdout + done.stderr
+
+        produced = produce_records(settings, count=300, bad_share=0.0, seed=11)
+        service = Service(settings, tmp_path).start()
+        try:
+            _wait_committed(settings, produced.ends, service, 60)
+            url = f"http://{HOST}:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                metrics = response.read().decode()
+        finally:
+            assert service.stop() == 0
+        _assert_in_both_stores(stack, settings, produced)
+        assert "replicator_" in metrics
+        for text in (service.log_text(), metrics):
+            assert SASL_PASSWORD not in text
+            assert SASL_PASSWORD.rsplit("-", 1)[1] not in text  # nor its random part
+
+        out, err = wrong.communicate(timeout=60)
+    finally:
+        if wrong.poll() is None:
+            wrong.kill()
+            wrong.communicate()
+    assert wrong.returncode == 1, out + err
+    assert "FAIL kafka" in out + err, out + err
+    assert SASL_WRONG_PASSWORD not in out + err and SASL_PASSWORD not in out + err
+    # The exchanges really happened at the proxy, with this mechanism, both ways.
+    assert proxy.authenticated[mechanism] > 0
+    assert proxy.failed[mechanism] > failed_before
+
+
+def test_kafka_sasl_listener_cuts_off_a_client_without_sasl(sasl_kafka: SaslKafka) -> None:
+    proxy = sasl_kafka.proxy
+    before = sum(proxy.refused_before_auth.values())
+    conf: dict[str, Any] = {"bootstrap.servers": sasl_kafka.bootstrap, "logger": _quiet}
+    admin = AdminClient(conf)
+    with pytest.raises(KafkaException):
+        admin.list_topics(timeout=2)
+    assert sum(proxy.refused_before_auth.values()) > before
+    # What the broker itself advertises for SASL, and what librdkafka asked: the proxy
+    # answers with SaslHandshake v1 and SaslAuthenticate v0-v1 in their place.
+    assert proxy.broker_versions, "no ApiVersions answer seen from the broker"
+    assert proxy.api_versions_requests
 
 
 def _ssec_settings(base: Settings, endpoint: str, key: bytes) -> Settings:

@@ -9,7 +9,7 @@
 - server-side encryption settings reach the request (headers seen at the proxy);
 - the service writes only under its own prefix (whole bucket and container listed).
 
-Kafka SASL/TLS is not shown end to end here: see tests/unit/test_security_config.py.
+Kafka SASL and TLS end to end are in tests/integration/test_kafka_security.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Kafka SASL (PLAIN, SCRAM) and TLS with a custom CA, secrets from mounted files, and masking.
 
-The local broker (Tansu 0.6) is run without SASL or TLS in the stack, so Kafka security is
-shown here at the client-configuration level only (what librdkafka is given), not end to end.
+Here at the client-configuration level (what librdkafka is given); end to end, through a
+TLS tunnel and a SASL proxy in front of the local broker, in
+tests/integration/test_kafka_security.py.
 """
 
 from __future__ import annotations
