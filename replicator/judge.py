@@ -16,6 +16,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from replicator.container import encode_envelope
 from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
 from replicator.validation import check_record
 
@@ -47,10 +48,32 @@ def _init_worker(schemas_dir: str, max_bytes: int) -> None:
     _max_bytes = max_bytes
 
 
-def judge_batch(items: list[tuple[str, bytes | None]]) -> list[Verdict]:
-    """In a worker: the verdict of each (schema topic, value), in order."""
+Item = tuple[str, bytes | None, int, int, bytes | None]  # schema topic, value, offset, ts, key
+
+
+def judge_items(
+    registry: SchemaRegistry, items: list[Item], max_bytes: int
+) -> tuple[list[Verdict], list[bytes | None]]:
+    """The verdict of each item, in order, and for each good one its envelope record
+    (`container.encode_envelope`, first branch): encoding it here, where decoding already
+    happens, keeps that per-record work off the service's main thread."""
+    verdicts: list[Verdict] = []
+    envelopes: list[bytes | None] = []
+    for topic, value, offset, timestamp_ms, key in items:
+        verdict = judge(registry, topic, value, max_bytes)
+        verdicts.append(verdict)
+        if verdict[0] is None:
+            envelopes.append(None)
+        else:
+            assert value is not None
+            envelopes.append(encode_envelope(offset, timestamp_ms, key, value[5:], 0))
+    return verdicts, envelopes
+
+
+def judge_batch(items: list[Item]) -> tuple[list[Verdict], list[bytes | None]]:
+    """In a worker: `judge_items` with the worker's registry."""
     assert _registry is not None, "worker not initialised"
-    return [judge(_registry, topic, value, _max_bytes) for topic, value in items]
+    return judge_items(_registry, items, _max_bytes)
 
 
 def start_pool(workers: int, schemas_dir: Path, max_bytes: int) -> ProcessPoolExecutor:
