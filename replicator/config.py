@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(
         default=5.0, gt=0, description="How often a down store is probed"
     )
+    catchup_copy: bool = Field(
+        default=True,
+        description="A store catching up copies, from a store that already holds them, the "
+        "objects of ranges that store has written (the same bytes, at the stores' bandwidth), "
+        "and reads Kafka again only for the rest",
+    )
 
     # --- Chunks ------------------------------------------------------------------------
     chunk_max_records: int = Field(

@@ -217,6 +217,8 @@ def json_schema(annotation: Any) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": json_schema(args[1])}
     if annotation in (str, Path):
         return {"type": "string"}
+    if annotation is bool:
+        return {"type": "boolean"}
     if annotation is int:
         return {"type": "integer"}
     if annotation is float:

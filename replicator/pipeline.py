@@ -14,13 +14,17 @@ One thread runs the loop below; puts run on a small thread pool per store ("lane
 
 Why a lane falls out of the live stream and how it comes back (P4, bounded memory):
 - a put that keeps failing past `write_retry_s`, or a lane whose queued bytes pass its share
-  of `max_buffer_bytes`, marks the lane DOWN: its queue is dropped (nothing is committed for
-  it, so nothing is lost) and the other lanes go on;
+  of `max_buffer_bytes` while another lane keeps up, marks the lane DOWN: its queue is
+  dropped (nothing is committed for it, so nothing is lost) and the other lanes go on;
 - a DOWN lane is probed every `health_interval_s`; when it answers, it lists its own objects
-  past its position (to find objects written but not committed before a crash), then reads
-  Kafka again from its own committed offsets with a consumer of its own, cutting exactly as
-  the live stream did (the CutPlan holds every cut made since its position), and joins the
-  live stream again partition by partition when it reaches the live chunker's open chunk.
+  past its position (to find objects written but not committed before a crash), then
+  catches up from its own committed offsets: the objects another store has already written
+  for the known cuts are copied from that store (the same bytes, no decoding:
+  `catchup_copy`), and the rest is read from Kafka with a consumer of its own, cutting
+  exactly as the live stream did (the CutPlan holds every cut made since its position); it
+  joins the live stream again partition by partition when it reaches the live chunker's
+  open chunk. A copy that fails (the object is missing or unreadable in the source) makes
+  that partition read Kafka for that object, then copying resumes.
 - when no lane takes a partition, the live consumer pauses it: memory stays bounded.
 
 Every partition's cuts are shared through its CutPlan: at assignment it is filled from the
@@ -42,7 +46,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from dataclasses import dataclass, field
 from enum import Enum
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
@@ -50,10 +54,10 @@ from confluent_kafka import TopicPartition as KafkaTP
 from replicator import __version__
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
 from replicator.config import Settings
-from replicator.container import RawRecord, encode_container
+from replicator.container import RawRecord, encode_container, object_metadata
 from replicator.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.errors import ConflictError, StoreError
-from replicator.judge import Verdict, judge, judge_batch, start_pool
+from replicator.judge import Item, Verdict, judge, judge_batch, judge_items, start_pool
 from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
 from replicator.logs import fields
 from replicator.metrics import Metrics
@@ -111,6 +115,16 @@ def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int)
     )
 
 
+class CopyFailed(Exception):
+    """An object could not be copied from another store: read Kafka for it instead."""
+
+    def __init__(self, source: str, key: str, detail: str) -> None:
+        super().__init__(f"copy of {key} from {source} failed: {detail}")
+        self.source = source
+        self.key = key
+        self.detail = detail
+
+
 def coords(msg: Message) -> tuple[str, int, int]:
     """(topic, partition, offset) of a consumed record (never None for a record)."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -152,6 +166,9 @@ class CatchUp:
 
     consumer: Consumer
     chunkers: dict[TP, PartitionChunker] = field(default_factory=dict)
+    copying: set[TP] = field(default_factory=set)  # partitions that copied from another store
+    # after a failed copy, a partition reads Kafka up to here (the failed object's end)
+    kafka_until: dict[TP, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,9 +256,15 @@ class Replicator:
         self._max_lane_bytes = settings.max_buffer_bytes // max(len(self.lanes), 1)
         self._judges: ProcessPoolExecutor | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
-        self._judged: deque[tuple[list[tuple[Message, PartitionState]], Future[list[Verdict]]]] = (
-            deque()
-        )
+        self._copier = ThreadPoolExecutor(max_workers=4, thread_name_prefix="copy")
+        self._judged: deque[
+            tuple[
+                list[Message],
+                list[PartitionState],
+                Future[tuple[list[Verdict], list[bytes | None]]],
+            ]
+        ] = deque()
+        self._schema_topics = dict(settings.schema_topics)
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -331,6 +354,7 @@ class Replicator:
         if self._judges is not None:
             self._judges.shutdown(wait=False, cancel_futures=True)
         self._encoder.shutdown(wait=False, cancel_futures=True)
+        self._copier.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
     # ------------------------------------------------------------------ the loop
@@ -417,59 +441,102 @@ class Replicator:
 
     def _take_live(self, msgs: list[Message]) -> None:
         """Hand consumed records to the judge: a worker process when configured (the batch's
-        verdicts are applied on a later turn, in order), else this thread."""
-        batch: list[tuple[Message, PartitionState]] = []
+        verdicts are applied on a later turn, in order), else this thread.
+
+        This loop and `_apply_batch` run once per record on the service's busiest thread:
+        they keep to local names and one pass (see docs/performance.md)."""
+        taken: list[Message] = []
+        states: list[PartitionState] = []
+        items: list[Item] = []
+        parts = self.parts
+        schema_topics = self._schema_topics
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka_error", extra=fields(error=str(err)))
                 continue
-            topic, partition, _offset = coords(msg)
-            state = self.parts.get((topic, partition))
+            topic = cast(str, msg.topic())
+            state = parts.get((topic, cast(int, msg.partition())))
             if state is None or not state.ready:
                 continue
-            batch.append((msg, state))
-        if not batch:
+            taken.append(msg)
+            states.append(state)
+            items.append(
+                (
+                    schema_topics.get(topic, topic),
+                    msg.value(),
+                    cast(int, msg.offset()),
+                    msg.timestamp()[1],
+                    msg.key(),
+                )
+            )
+        if not taken:
             return
         if self._judges is None:
-            for msg, state in batch:
-                self._on_live_message(msg, state, self._verdict_inline(msg))
+            judged = judge_items(self.registry, items, self.settings.max_record_bytes)
+            self._apply_batch(taken, states, *judged)
             return
-        items = [(self.settings.schema_topic(m.topic() or ""), m.value()) for m, _ in batch]
-        self._judged.append((batch, self._judges.submit(judge_batch, items)))
+        self._judged.append((taken, states, self._judges.submit(judge_batch, items)))
 
     def _apply_judged(self, wait: bool) -> None:
         """Apply the verdicts of finished batches, oldest first (all of them when `wait`)."""
         while self._judged and (
-            wait or self._judged[0][1].done() or len(self._judged) > MAX_JUDGED_BATCHES
+            wait or self._judged[0][2].done() or len(self._judged) > MAX_JUDGED_BATCHES
         ):
-            batch, future = self._judged.popleft()
-            verdicts = future.result()
-            for (msg, state), verdict in zip(batch, verdicts, strict=True):
-                self._on_live_message(msg, state, verdict)
+            taken, states, future = self._judged.popleft()
+            self._apply_batch(taken, states, *future.result())
 
     def _drop_judged(self) -> None:
         """Forget batches judged for partition states that no longer exist (a rebalance or a
         seek makes the consumer fetch them again, from the committed position)."""
-        for _batch, future in self._judged:
+        for _taken, _states, future in self._judged:
             future.cancel()
         self._judged.clear()
 
-    def _on_live_message(self, msg: Message, state: PartitionState, verdict: Verdict) -> None:
-        topic, partition, offset = coords(msg)
-        tp = (topic, partition)
-        if self.parts.get(tp) is not state or not state.ready or offset < state.chunker.position:
-            return
-        self.stats.records_in += 1
-        record, schema_id = self._apply_verdict(msg, verdict, live=True)
-        try:
-            chunks = state.chunker.add(offset, record, schema_id, time.monotonic())
-        except PlanConflict as exc:
-            self._plan_conflict(tp, exc)
-            return
-        for chunk in chunks:
-            self._dispatch_live(chunk)
+    def _apply_batch(
+        self,
+        msgs: list[Message],
+        states: list[PartitionState],
+        verdicts: list[Verdict],
+        envelopes: list[bytes | None],
+    ) -> None:
+        """Chunk a judged batch, in order: good records are kept, bad ones dead-lettered.
+        A record of a partition state that was replaced since (a rebalance, a seek) or that
+        is below its chunker's position (already covered) is ignored."""
+        now = time.monotonic()
+        parts = self.parts
+        dispatch = self._dispatch_live
+        taken = 0
+        current: PartitionState | None = None
+        valid = False
+        for msg, state, verdict, envelope in zip(msgs, states, verdicts, envelopes, strict=True):
+            if state is not current:
+                current = state
+                valid = state.ready and parts.get(state.tp) is state
+            if not valid:
+                continue
+            chunker = state.chunker
+            offset = cast(int, msg.offset())
+            if offset < chunker.position:
+                continue
+            taken += 1
+            schema_id = verdict[0]
+            record: RawRecord | None
+            if schema_id is not None:
+                record = RawRecord(
+                    offset, msg.timestamp()[1], msg.key(), cast(bytes, msg.value())[5:], envelope
+                )
+            else:
+                record, _none = self._apply_verdict(msg, verdict, live=True)
+            try:
+                chunks = chunker.add(offset, record, schema_id, now)
+            except PlanConflict as exc:
+                self._plan_conflict(state.tp, exc)
+                continue
+            for chunk in chunks:
+                dispatch(chunk)
+        self.stats.records_in += taken
 
     def _plan_conflict(self, tp: TP, exc: PlanConflict) -> None:
         log.error("cut_conflict", extra=fields(topic=tp[0], partition=tp[1], error=str(exc)))
@@ -548,6 +615,7 @@ class Replicator:
 
     # ------------------------------------------------------------------ completions
     def _reap(self, lane: Lane) -> None:
+        restart: list[tuple[TP, int]] = []  # partitions whose copy failed, and up to where
         for tp, queue in lane.inflight.items():
             while queue and queue[0].future.done():
                 item = queue.popleft()
@@ -578,19 +646,33 @@ class Replicator:
                     lane.conflicted.add(tp)
                     lane.live.discard(tp)
                     self._cancel_partition(lane, tp)
+                elif isinstance(exc, CopyFailed):
+                    log.warning(
+                        "catchup_copy_failed",
+                        extra=fields(
+                            store=lane.name, source=exc.source, key=exc.key, error=exc.detail
+                        ),
+                    )
+                    self._cancel_partition(lane, tp)
+                    restart.append((tp, item.chunk.last + 1))
                 else:
                     self._mark_down(lane, str(exc))
                     self._cancel_partition(lane, tp)
+        if restart and lane.mode is LaneMode.UP and lane.catchup is not None:
+            for tp, until in restart:
+                lane.catchup.chunkers.pop(tp, None)
+                lane.catchup.kafka_until[tp] = until
+            self._start_catchup(lane)  # from the lane's durable position, reading Kafka
 
-    def _count(self, lane: Lane, outcome: str, enc: ChunkJob) -> None:
+    def _count(self, lane: Lane, outcome: str, job: ChunkJob) -> None:
+        # The encoded chunk's count: a copied object's is known only once it is read.
+        records = job.encoded.result().records if job.encoded.done() else job.records
         self.metrics.objects.labels(lane.name, outcome).inc()
-        self.metrics.records.labels(lane.name, outcome).inc(enc.records)
+        self.metrics.records.labels(lane.name, outcome).inc(records)
         per = self.stats.objects.setdefault(lane.name, {})
         per[outcome] = per.get(outcome, 0) + 1
         if outcome != "conflict":
-            self.stats.records_out[lane.name] = (
-                self.stats.records_out.get(lane.name, 0) + enc.records
-            )
+            self.stats.records_out[lane.name] = self.stats.records_out.get(lane.name, 0) + records
 
     def _cancel_partition(self, lane: Lane, tp: TP) -> None:
         """Drop what is queued for a partition; what already runs finishes by itself."""
@@ -706,6 +788,17 @@ class Replicator:
         assert catchup is not None
         if lane.pending_bytes > self._max_lane_bytes // 2:
             return  # let the puts drain first: memory stays bounded
+        if self.settings.catchup_copy:
+            copied = [
+                tp for tp, c in catchup.chunkers.items() if self._copy_ahead(lane, catchup, tp, c)
+            ]
+            if copied:
+                # Read Kafka from past what was copied (an assign drops what was fetched).
+                catchup.consumer.assign(
+                    [KafkaTP(t, p, c.position) for (t, p), c in catchup.chunkers.items()]
+                )
+                if lane.pending_bytes > self._max_lane_bytes // 2:
+                    return  # more to copy once these are written: Kafka can wait
         msgs = catchup.consumer.consume(num_messages=2000, timeout=0.0)
         done: list[TP] = []
         for msg in msgs:
@@ -750,6 +843,96 @@ class Replicator:
                 lane.catchup = None
                 log.info("catchup_done", extra=fields(store=lane.name))
             self.metrics.catching_up.labels(lane.name).set(len(remaining))
+
+    def _copy_ahead(self, lane: Lane, catchup: CatchUp, tp: TP, chunker: PartitionChunker) -> bool:
+        """Copy, from another store, the objects of the known cuts that store has already
+        written, from where `lane`'s catch-up stands: the same bytes (P3 without re-encoding),
+        at the stores' bandwidth instead of decoding Kafka again. Only between chunks: a
+        chunk the catch-up has started reading from Kafka is finished from Kafka."""
+        state = self.parts.get(tp)
+        if (
+            state is None
+            or chunker.position != chunker.open_first
+            or chunker.open_first < catchup.kafka_until.get(tp, 0)
+        ):
+            return False
+        boundary = state.chunker.open_first  # the live stream's open chunk
+        moved = False
+        while lane.pending_bytes <= self._max_lane_bytes // 2:
+            first = chunker.open_first
+            last = state.plan.end_for(first)
+            if last is None or last >= boundary:
+                break
+            source = next(
+                (
+                    ln
+                    for ln in self.lanes
+                    if ln is not lane
+                    and ln.mode is LaneMode.UP
+                    and ln.positions.get(tp, -1) > last
+                    and tp not in ln.conflicted
+                ),
+                None,
+            )
+            if source is None:
+                break
+            chunker.cut_at_boundary(last + 1)  # follows the plan: one cut, no records
+            if tp not in catchup.copying:
+                catchup.copying.add(tp)
+                log.info(
+                    "catchup_copying",
+                    extra=fields(
+                        store=lane.name,
+                        source=source.name,
+                        topic=tp[0],
+                        partition=tp[1],
+                        first=first,
+                    ),
+                )
+            self._submit(lane, self._copy_job(source, tp, first, last))
+            moved = True
+        return moved
+
+    def _copy_job(self, source: Lane, tp: TP, first: int, last: int) -> ChunkJob:
+        key = object_key(tp[0], tp[1], first, last)
+
+        def work() -> EncodedChunk:
+            try:
+                data = source.store.read(key)
+            except StoreError as exc:
+                raise CopyFailed(source.name, key, str(exc)) from None
+            meta = object_metadata(data)
+            expected = {
+                "topic": tp[0],
+                "partition": str(tp[1]),
+                "first_offset": str(first),
+                "last_offset": str(last),
+            }
+            if any(meta.get(k) != v for k, v in expected.items()):
+                raise CopyFailed(source.name, key, "its header does not match its key")
+            return EncodedChunk(
+                topic=tp[0],
+                partition=tp[1],
+                first=first,
+                last=last,
+                key=key,
+                data=data,
+                md5=hashlib.md5(data).digest(),
+                records=int(meta.get("records", "0")),
+                metadata=meta,
+            )
+
+        return ChunkJob(
+            topic=tp[0],
+            partition=tp[1],
+            first=first,
+            last=last,
+            records=0,
+            # Unknown until read (a compressed object is well under the raw bound); counted
+            # as a quarter of the lane's share at most, so copies never make it "too slow".
+            nbytes=min(self.settings.chunk_max_bytes // 2, self._max_lane_bytes // 4),
+            encoded=self._copier.submit(work),
+        )
 
     def _join_live(self, lane: Lane, tp: TP, at: int) -> None:
         lane.live.add(tp)
@@ -1025,7 +1208,10 @@ class Replicator:
 
     def _apply_pause(self, consumer: Consumer) -> None:
         """Pause a partition no lane takes, or whose only lanes are full; resume otherwise.
-        Past a lane's share of the buffer, a lane that is not alone is dropped to catch up."""
+        Past a lane's share of the buffer, a lane is dropped to catch up only when another
+        lane keeps up (its queue under half its share): when every lane's queue grows
+        together, the bottleneck is shared (encoding, this process's CPU), and pausing the
+        live consumer is the answer, not a catch-up that would read everything twice."""
         for lane in self.lanes:
             if lane.mode is LaneMode.UP and lane.pending_bytes > self._max_lane_bytes:
                 others = [
@@ -1033,7 +1219,7 @@ class Replicator:
                     for ln in self.lanes
                     if ln is not lane
                     and ln.mode is LaneMode.UP
-                    and ln.pending_bytes <= self._max_lane_bytes
+                    and ln.pending_bytes <= self._max_lane_bytes // 2
                     and ln.live
                 ]
                 if others:
@@ -1043,7 +1229,7 @@ class Replicator:
         to_pause, to_resume = [], []
         for tp, state in self.parts.items():
             takers = [ln for ln in self.lanes if tp in ln.live]
-            full = bool(takers) and all(ln.pending_bytes > self._max_lane_bytes for ln in takers)
+            full = any(ln.pending_bytes > self._max_lane_bytes for ln in takers)
             should_pause = not state.ready or not takers or full
             if should_pause and not state.paused:
                 to_pause.append(KafkaTP(*tp))

@@ -21,14 +21,12 @@ round runs (at most `max_rounds`).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import fastavro
-
+from replicator.container import object_metadata
 from replicator.errors import ConflictError, StoreError
 from replicator.kafkaview import KafkaUnavailable
 from replicator.opsctx import OpsContext
@@ -237,7 +235,7 @@ def _create(
     act: Callable[..., None],
 ) -> None:
     assert f.key is not None
-    obj_meta = read_objects_meta(data)
+    obj_meta = object_metadata(data)
     try:
         outcome = ctx.stores[store].create_if_absent(
             f.key, data, hashlib.md5(data).digest(), obj_meta
@@ -252,24 +250,6 @@ def _create(
         act(f, action, "nothing_to_do", store, f"already present (from {source})")
     else:
         act(f, action, "done", store, f"from {source}")
-
-
-def read_objects_meta(data: bytes) -> dict[str, str]:
-    """The object metadata the service sets, read back from a container's header."""
-    try:
-        header = fastavro.reader(io.BytesIO(data)).metadata
-    except Exception:  # an unreadable header: no metadata
-        return {}
-    out = {}
-    for name, value in header.items():
-        short = name.removeprefix("replicator.")
-        if short != name and short not in _CONTAINER_ONLY:
-            out[short] = value.decode() if isinstance(value, bytes) else str(value)
-    return out
-
-
-# Header entries the container writes itself: not part of the object metadata the service sets.
-_CONTAINER_ONLY = frozenset({"format", "schema_ids", "schema_id"})
 
 
 def _repair_differs(

@@ -198,7 +198,59 @@ def test_a_store_down_stops_neither_the_other_nor_the_service(
     assert code == 0
     log = service.log_text()
     assert "store_down" in log and "catchup_started" in log
+    assert '"catchup_copying"' in log  # the objects S3 wrote meanwhile are copied
     assert_replicated(settings, env, produced)
+
+
+def test_a_returning_store_copies_what_the_other_holds_and_reads_kafka_for_the_rest(
+    stack: Any, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Catch-up copies the objects the other store has written (same bytes, no decoding);
+    an object it cannot copy (deleted from the source here) is read from Kafka instead."""
+    settings = settings_factory(health_interval_s=1.0, write_retry_s=2.0, chunk_max_records=200)
+    env = stack.env()
+    assert settings.s3_bucket is not None and settings.azure_container is not None
+    service = Service(settings, tmp_path).start()
+    try:
+        first = produce_records(settings, count=400, bad_share=0.0, seed=30)
+        wait_committed(settings.kafka_bootstrap, groups(settings), first.ends, 120, [service])
+        stack.stop_service("azure")
+        second = produce_records(settings, count=3000, bad_share=0.02, seed=31)
+        produced = first.merge(second)
+        wait_committed(
+            settings.kafka_bootstrap, [settings.progress_group("s3")], produced.ends, 120, [service]
+        )
+        wait_for_log(service, '"store_down"')
+        # One object written while Azure was away disappears from S3: it cannot be copied.
+        before = s3_objects(env, settings.s3_bucket)
+        tp0 = sorted(produced.ends)[0]
+        missing = sorted(
+            k
+            for k, body in before.items()
+            if decode_objects({k: body}).ranges.get(tp0, [(0, 0)])[0][0] >= first.ends[tp0]
+        )[1]
+        stack.s3.delete_object(Bucket=settings.s3_bucket, Key="replicator/" + missing)
+        stack.start_service("azure")
+        wait_committed(settings.kafka_bootstrap, groups(settings), produced.ends, 180, [service])
+    finally:
+        if not stack.status()["azure"]["answering"]:
+            stack.start_service("azure")
+        code = service.stop()
+    assert code == 0
+    log = service.log_text()
+    assert log.count('"catchup_copying"') >= len(produced.ends), "every partition copied"
+    assert '"catchup_copy_failed"' in log and missing in log
+    # Azure holds everything, record for record, and the very bytes S3 holds.
+    s3 = s3_objects(env, settings.s3_bucket)
+    az = azure_objects(env, settings.azure_container)
+    assert sorted(az) == sorted([*s3, missing])
+    assert {k: v for k, v in md5s(az).items() if k != missing} == md5s(s3)
+    assert az[missing] == before[missing], "read from Kafka, the same bytes as the lost copy"
+    kafka: dict[TP, Any] = {}
+    for topic in settings.topics:
+        kafka.update(read_topic(settings.kafka_bootstrap, topic, PARTITIONS))
+    verdict = compare(kafka, decode_objects(az), produced.bad)
+    assert (verdict.lost, verdict.doubled, verdict.altered, verdict.unexpected) == ([], [], [], [])
 
 
 def test_two_replicas_with_a_rebalance_lose_and_double_nothing(
