@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -35,7 +38,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replicator.config import Settings
-from replicator.produce import produce
+from replicator.produce import ProduceReport, produce
 from replicator.schemas import SchemaRegistry
 from replicator.stack import DEMO_TOPICS, LocalStack, StackPorts
 from tests.support.service import Progress, Service
@@ -51,6 +54,7 @@ class Row:
     megabytes: float
     peak_rss_mib: float | None = None
     note: str = ""
+    cpu_s: float | None = None  # CPU seconds of the service and its decode workers
 
 
 def raw_consume(settings: Settings, ends: dict[TP, int]) -> float:
@@ -79,8 +83,28 @@ def raw_consume(settings: Settings, ends: dict[TP, int]) -> float:
     return elapsed
 
 
+def startup_note(service: Service, launched: float, seconds: float, records: int) -> str:
+    """How much of a run went to starting the process and joining the group (a fresh group
+    waits for the broker's initial rebalance delay, 3 s on Kafka's default), and the rate
+    over the rest."""
+    for line in service.log_text().splitlines():
+        if '"partition_assigned"' in line:
+            at = datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00"))
+            startup = at.timestamp() - launched
+            return (
+                f"{startup:.1f} s to start and join the group; "
+                f"{records / (seconds - startup):,.0f} records/s after"
+            )
+    return ""
+
+
 def wait_groups(
-    settings: Settings, groups: list[str], ends: dict[TP, int], service: Service, rss: list[float]
+    settings: Settings,
+    groups: list[str],
+    ends: dict[TP, int],
+    service: Service,
+    rss: list[float],
+    cpu: list[float] | None = None,
 ) -> float:
     readers = [Progress(settings.kafka_bootstrap, g) for g in groups]
     started = time.perf_counter()
@@ -92,6 +116,9 @@ def wait_groups(
                 # the service and its decode worker processes together
                 family = [proc, *proc.children(recursive=True)]
                 rss.append(sum(p.memory_info().rss for p in family) / 2**20)
+                if cpu is not None:
+                    times = [p.cpu_times() for p in family]
+                    cpu.append(sum(t.user + t.system for t in times))
             done = all(
                 all(r.committed(list(ends)).get(tp, -1) >= end for tp, end in ends.items())
                 for r in readers
@@ -131,6 +158,23 @@ def main() -> None:
         help="REPLICATOR_FLUSH_INTERVAL_S for the runs: the wall-clock cut of the last, partial "
         "chunks of each partition, which the end-to-end time includes",
     )
+    parser.add_argument(
+        "--live-rate",
+        type=float,
+        default=20_000,
+        help="records/s produced while the stopped store catches up",
+    )
+    parser.add_argument(
+        "--no-copy",
+        action="store_true",
+        help="catch up from Kafka only (REPLICATOR_CATCHUP_COPY=false), for comparison",
+    )
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="REPLICATOR_DECODE_WORKERS for the runs (default: the service's own default)",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
@@ -163,6 +207,8 @@ def main() -> None:
             log_level="WARNING",
             flush_interval_s=args.flush_interval,
         )
+        if args.decode_workers is not None:
+            base = base.model_copy(update={"decode_workers": args.decode_workers})
         print(
             f"producing {args.records:,} records over {len(DEMO_TOPICS)} topics x {args.partitions} partitions",
             flush=True,
@@ -181,17 +227,33 @@ def main() -> None:
         total = report.delivered
         value_mb = total * 330 / 1e6  # refined below from the stores' sizes
 
-        raw_s = raw_consume(base, ends)
-        rows.append(Row("raw consume (ceiling)", raw_s, total, value_mb))
+        # The ceiling is the best of three passes: one pass takes a second or two, and a
+        # noisy neighbour in that second would otherwise flatter every ratio below.
+        passes = [raw_consume(base, ends) for _ in range(3)]
+        raw_s = min(passes)
+        rows.append(
+            Row(
+                "raw consume (ceiling)",
+                raw_s,
+                total,
+                value_mb,
+                note="best of " + ", ".join(f"{total / s:,.0f}" for s in passes),
+            )
+        )
         raw_rate = total / raw_s
-        print(f"raw consume: {raw_rate:,.0f} records/s", flush=True)
+        print(f"raw consume: {raw_rate:,.0f} records/s (best of 3)", flush=True)
 
         log_dir = root / "logs"
         log_dir.mkdir()
 
         # End to end into both stores.
         settings = base.model_copy(
-            update={"group_id": "bench-e2e", "s3_prefix": "e2e", "azure_prefix": "e2e"}
+            update={
+                "group_id": "bench-e2e",
+                "s3_prefix": "e2e",
+                "azure_prefix": "e2e",
+                "log_level": "INFO",  # the log tells when the partitions were assigned
+            }
         )
         rss: list[float] = []
         # Extra replicas share the group: they split the partitions (the first one is watched
@@ -199,9 +261,11 @@ def main() -> None:
         extra = [
             Service(settings, log_dir, name=f"e2e-{i}").start() for i in range(1, args.replicas)
         ]
+        launched = time.time()
         service = Service(settings, log_dir, name="e2e").start()
+        cpu: list[float] = []
         e2e_s = wait_groups(
-            settings, [settings.progress_group(s) for s in settings.stores], ends, service, rss
+            settings, [settings.progress_group(s) for s in settings.stores], ends, service, rss, cpu
         )
         for replica in [service, *extra]:
             replica.stop()
@@ -219,6 +283,8 @@ def main() -> None:
                 total,
                 value_mb,
                 max(rss),
+                cpu_s=cpu[-1] if cpu and args.replicas == 1 else None,
+                note=startup_note(service, launched, e2e_s, total),
             )
         )
         print(
@@ -243,6 +309,10 @@ def main() -> None:
             rows.append(Row("replay into s3 (all present)", replay_s, total, value_mb, max(rss)))
 
         if "catchup" not in args.skip:
+            # Catch-up with live records flowing: the Azure side is stopped while the service
+            # replicates the first half of the workload into S3 alone; then it is restarted
+            # while a producer adds `live` new records at a steady rate. Measured: the time
+            # from the restart until Azure holds everything, and the rate that makes.
             settings = base.model_copy(
                 update={
                     "group_id": "bench-cu",
@@ -250,31 +320,61 @@ def main() -> None:
                     "azure_prefix": "cu",
                     "health_interval_s": 1.0,
                     "write_retry_s": 1.0,
+                    "log_level": "INFO",  # the log tells whether the catch-up copied
                 }
             )
+            if args.no_copy:
+                settings = settings.model_copy(update={"catchup_copy": False})
             rss = []
             stack.stop_service("azure")
             service = Service(settings, log_dir, name="catchup").start()
             half = {tp: end // 2 for tp, end in ends.items()}
             wait_groups(settings, [settings.progress_group("s3")], half, service, rss)
+            live = total // 4
+            live_rate = args.live_rate
+            produced: list[ProduceReport] = []
+            producer = threading.Thread(
+                target=lambda: produced.append(
+                    produce(
+                        base.kafka_common(),
+                        list(DEMO_TOPICS),
+                        live,
+                        live_rate,
+                        43,
+                        0.001,
+                        None,
+                        SchemaRegistry.load(base.schemas_dir),
+                    )
+                )
+            )
             stack.start_service("azure")
             restarted = time.perf_counter()
+            producer.start()
             reader = Progress(settings.kafka_bootstrap, settings.progress_group("azure"))
             behind = sum(
                 end - max(reader.committed(list(ends)).get(tp, 0), 0) for tp, end in ends.items()
             )
             reader.close()
-            cu_s = wait_groups(settings, [settings.progress_group("azure")], ends, service, rss)
+            producer.join()
+            assert produced, "the live producer failed"
+            final = dict(ends)
+            for tp, end in produced[0].end_offsets.items():
+                final[tp] = max(final.get(tp, 0), end)
+            wait_groups(settings, [settings.progress_group("azure")], final, service, rss)
             cu_s = time.perf_counter() - restarted
+            s3_current = wait_groups(settings, [settings.progress_group("s3")], final, service, rss)
             service.stop()
+            copies = service.log_text().count('"catchup_copying"')
             rows.append(
                 Row(
-                    "catch-up of the stopped store",
+                    "catch-up of the stopped store, live flowing",
                     cu_s,
-                    behind,
-                    value_mb * behind / total,
+                    behind + produced[0].delivered,
+                    value_mb * (behind + produced[0].delivered) / total,
                     max(rss),
-                    note=f"{behind:,} records behind at restart",
+                    note=f"{behind:,} behind at restart + {produced[0].delivered:,} live at "
+                    f"{live_rate:,.0f}/s; s3 current {s3_current:.1f} s later; "
+                    f"copied from s3 in {copies} partition(s)",
                 )
             )
     finally:
@@ -288,13 +388,22 @@ def main() -> None:
         f"workload: {total:,} records ({args.partitions} partitions x {len(DEMO_TOPICS)} topics), "
         f"{stored / 1e6:.1f} MB stored per store; machine: {os.cpu_count()} cores"
     )
-    print(f"{'measure':<42} {'seconds':>8} {'records/s':>11} {'x raw':>7} {'peak RSS':>9}")
+    print(
+        f"{'measure':<42} {'seconds':>8} {'records/s':>11} {'x raw':>7} {'peak RSS':>9} "
+        f"{'CPU/rec':>8}"
+    )
     for row in rows:
         rate = row.records / row.seconds
         rss_text = f"{row.peak_rss_mib:.0f} MiB" if row.peak_rss_mib else ""
+        cpu_text = f"{row.cpu_s / row.records * 1e6:.1f} us" if row.cpu_s else ""
         print(
-            f"{row.name:<42} {row.seconds:8.2f} {rate:11,.0f} {rate / raw_rate:7.3f} {rss_text:>9}  {row.note}"
+            f"{row.name:<42} {row.seconds:8.2f} {rate:11,.0f} {rate / raw_rate:7.3f} "
+            f"{rss_text:>9} {cpu_text:>8}  {row.note}"
         )
+    print(
+        "CPU/rec: CPU seconds of the service and its decode workers per record (all cores), "
+        "the figure that moves least on a noisy machine"
+    )
 
 
 if __name__ == "__main__":
