@@ -68,6 +68,32 @@ class KafkaLogFilter(logging.Filter):
 logging.getLogger(KAFKA_LOGGER).addFilter(KafkaLogFilter())
 
 
+class EventBudget:
+    """At most `per_window` lines per key (e.g. a dead-letter reason) in each `window_s`, so a
+    flood of bad input cannot flood the logs; the rest are counted, and the next line logged
+    for that key says how many were left out. Pure logic: the caller passes the clock."""
+
+    def __init__(self, per_window: int = 100, window_s: float = 60.0) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self._state: dict[str, list[float]] = {}  # key -> [window start, logged, suppressed]
+
+    def take(self, key: str, now: float) -> int | None:
+        """None: leave this line out. Otherwise log it, with the number of lines left out
+        for `key` since the last one logged (0: none)."""
+        state = self._state.get(key)
+        if state is None or now - state[0] >= self.window_s:
+            suppressed = 0 if state is None else int(state[2])
+            self._state[key] = [now, 1, 0]
+            return suppressed
+        if state[1] < self.per_window:
+            state[1] += 1
+            suppressed, state[2] = int(state[2]), 0
+            return suppressed
+        state[2] += 1
+        return None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

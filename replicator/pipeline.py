@@ -59,7 +59,7 @@ from replicator.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.errors import ConflictError, StoreError
 from replicator.judge import Item, Verdict, judge, judge_batch, judge_items, start_pool
 from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
-from replicator.logs import fields
+from replicator.logs import EventBudget, fields
 from replicator.metrics import Metrics
 from replicator.progress import TP, ProgressLog
 from replicator.schemas import SchemaRegistry
@@ -265,6 +265,7 @@ class Replicator:
             ]
         ] = deque()
         self._schema_topics = dict(settings.schema_topics)
+        self._dead_letter_logs = EventBudget(per_window=100, window_s=60.0)
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -427,12 +428,20 @@ class Replicator:
             self._dlq_dirty = True
             self.metrics.dead_letters.labels(topic, reason).inc()
             self.stats.dead_lettered[reason] = self.stats.dead_lettered.get(reason, 0) + 1
-            log.warning(
-                "dead_lettered",
-                extra=fields(
-                    topic=topic, partition=partition, offset=offset, reason=reason, detail=detail
-                ),
-            )
+            suppressed = self._dead_letter_logs.take(reason, time.monotonic())
+            if suppressed is not None:  # at most 100 lines a minute per reason
+                extra = {"suppressed": suppressed} if suppressed else {}
+                log.warning(
+                    "dead_lettered",
+                    extra=fields(
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        reason=reason,
+                        detail=detail,
+                        **extra,
+                    ),
+                )
         return None, None
 
     def _decode(self, msg: Message, live: bool) -> tuple[RawRecord | None, int | None]:

@@ -15,7 +15,14 @@ from pydantic import SecretStr
 
 from replicator.config import Settings
 from replicator.lag import LagMonitor, LagSnapshot, PartitionLag
-from replicator.logs import KAFKA_LOGGER, HumanFormatter, JsonFormatter, KafkaLogFilter, fields
+from replicator.logs import (
+    KAFKA_LOGGER,
+    EventBudget,
+    HumanFormatter,
+    JsonFormatter,
+    KafkaLogFilter,
+    fields,
+)
 from replicator.metrics import Metrics
 from replicator.pipeline import Replicator
 from replicator.server import start_http
@@ -244,3 +251,14 @@ def test_probes_answer_for_kubernetes() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_event_budget_caps_lines_per_key_and_says_how_many_were_left_out() -> None:
+    budget = EventBudget(per_window=3, window_s=60.0)
+    taken = [budget.take("oversized", 10.0 + i * 0.1) for i in range(5)]
+    assert taken == [0, 0, 0, None, None]  # three lines, then two left out
+    assert budget.take("not_wire_format", 11.0) == 0  # each reason has its own budget
+    assert budget.take("oversized", 69.9) is None  # still the same window
+    # A new window: logged again, saying how many were left out meanwhile.
+    assert budget.take("oversized", 70.0) == 3
+    assert budget.take("oversized", 70.1) == 0
