@@ -115,6 +115,22 @@ def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int)
     )
 
 
+def too_slow(lanes: dict[str, tuple[int, bool]], share: int) -> list[str]:
+    """The lanes to drop from the live stream, given each UP lane's (queued bytes, has live
+    partitions): one past its share while another live lane keeps up (under half its share).
+    When every queue grows together the bottleneck is shared, and none is dropped (the live
+    consumer pauses instead)."""
+    return [
+        name
+        for name, (pending, _live) in lanes.items()
+        if pending > share
+        and any(
+            other != name and live and queued <= share // 2
+            for other, (queued, live) in lanes.items()
+        )
+    ]
+
+
 class CopyFailed(Exception):
     """An object could not be copied from another store: read Kafka for it instead."""
 
@@ -1221,20 +1237,15 @@ class Replicator:
         lane keeps up (its queue under half its share): when every lane's queue grows
         together, the bottleneck is shared (encoding, this process's CPU), and pausing the
         live consumer is the answer, not a catch-up that would read everything twice."""
-        for lane in self.lanes:
-            if lane.mode is LaneMode.UP and lane.pending_bytes > self._max_lane_bytes:
-                others = [
-                    ln
-                    for ln in self.lanes
-                    if ln is not lane
-                    and ln.mode is LaneMode.UP
-                    and ln.pending_bytes <= self._max_lane_bytes // 2
-                    and ln.live
-                ]
-                if others:
-                    self._mark_down(
-                        lane, "too slow: its queue passed its share of max_buffer_bytes"
-                    )
+        up = {
+            ln.name: (ln.pending_bytes, bool(ln.live))
+            for ln in self.lanes
+            if ln.mode is LaneMode.UP
+        }
+        for name in too_slow(up, self._max_lane_bytes):
+            self._mark_down(
+                self.lane(name), "too slow: its queue passed its share of max_buffer_bytes"
+            )
         to_pause, to_resume = [], []
         for tp, state in self.parts.items():
             takers = [ln for ln in self.lanes if tp in ln.live]
