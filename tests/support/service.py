@@ -75,6 +75,15 @@ class Service:
         self.proc.kill()
         self.proc.wait(timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (as by a long scheduling stall) until `resume`."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
