@@ -353,7 +353,9 @@ class Replicator:
         self._drop_judged()  # not committed: whoever owns the partitions next reads them again
         for lane in self.lanes:
             self._drain(lane, None, deadline)
-        self._commit(force=True)
+        # What is left of the shutdown budget, at least a second: a dead-letter topic that
+        # does not answer must not hold the exit past it.
+        self._commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
         try:
             consumer.close()
         except KafkaException:
@@ -367,7 +369,7 @@ class Replicator:
                 lane.progress.close()
             lane.store.close()
         if self._dlq is not None:
-            self._dlq.close()
+            self._dlq.close(timeout=max(deadline - time.monotonic(), 1.0))
         if self._judges is not None:
             self._judges.shutdown(wait=False, cancel_futures=True)
         self._encoder.shutdown(wait=False, cancel_futures=True)
@@ -1159,7 +1161,7 @@ class Replicator:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         for lane in self.lanes:
             self._drain(lane, tps, deadline)
-        self._commit(force=True)
+        self._commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
         for tp in tps:
             self.parts.pop(tp, None)
             for lane in self.lanes:
@@ -1197,14 +1199,17 @@ class Replicator:
         self._reap(lane)
 
     # ------------------------------------------------------------------ commits and pausing
-    def _commit(self, force: bool = False) -> None:
+    def _commit(self, force: bool = False, dlq_timeout: float | None = None) -> None:
         self._last_commit = time.monotonic()
         if self._dlq is not None and self._dlq_dirty:
             try:
-                self._dlq.flush(timeout=10.0 if not force else 30.0)
+                self._dlq.flush(timeout=dlq_timeout or (30.0 if force else 10.0))
                 self._dlq_dirty = False
-            except DeadLetterError:
-                log.error("dead_letter_not_acknowledged", exc_info=True)
+            except DeadLetterError as exc:
+                log.error(
+                    "dead_letter_not_acknowledged",
+                    extra=fields(error=str(exc), kept=self._dlq.undelivered),
+                )
                 return  # never move past a bad record that is not safely in the dead-letter topic
         for lane in self.lanes:
             changed = {

@@ -25,13 +25,11 @@ import base64
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +42,8 @@ from pydantic import SecretStr
 
 from replicator.config import Settings
 from replicator.errors import StoreError
-from replicator.stack import tansu_binary
 from replicator.stores.s3 import S3Store
+from tests.support.broker import free_port, own_tansu
 from tests.support.faultproxy import FaultProxy, make_ca
 from tests.support.produce import Produced, produce_records
 from tests.support.saslproxy import MECHANISMS, SaslProxy
@@ -66,61 +64,13 @@ class TlsKafka:
     ca: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@contextmanager
-def _tansu(log: Path, listen_port: int, advertised_port: int) -> Iterator[None]:
-    """A broker of its own listening on `listen_port` and advertising `advertised_port` (the
-    tunnel or proxy in front of it), so metadata sends clients back through that front."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "CLUSTER_ID")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                f"tcp://{HOST}:{listen_port}",
-                "--advertised-listener-url",
-                f"tcp://{HOST}:{advertised_port}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection((HOST, listen_port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "tansu did not start"
-                time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def tls_kafka(tmp_path: Path) -> Iterator[TlsKafka]:
     ca, cert, key = make_ca(tmp_path / "kafka-tls")
-    plain_port = _free_port()
+    plain_port = free_port()
     with (
         TlsTunnel(plain_port, cert, key) as tunnel,
-        _tansu(tmp_path / "tansu.log", plain_port, tunnel.port),
+        own_tansu(tmp_path / "tansu.log", plain_port, tunnel.port),
     ):
         yield TlsKafka(bootstrap=f"{HOST}:{tunnel.port}", ca=ca)
 
@@ -141,10 +91,10 @@ class SaslKafka:
 def sasl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslKafka]:
     """One broker behind one SASL proxy (every mechanism enabled) for the module's tests."""
     root = tmp_path_factory.mktemp("kafka-sasl")
-    plain_port = _free_port()
+    plain_port = free_port()
     with (
         SaslProxy(plain_port, {SASL_USER: SASL_PASSWORD}) as proxy,
-        _tansu(root / "tansu.log", plain_port, proxy.port),
+        own_tansu(root / "tansu.log", plain_port, proxy.port),
     ):
         yield SaslKafka(bootstrap=f"{HOST}:{proxy.port}", proxy=proxy)
 
@@ -286,7 +236,7 @@ def test_kafka_sasl_check_and_run_end_to_end(
     sasl_kafka: SaslKafka,
     tmp_path: Path,
 ) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     settings = settings_factory(
         kafka_bootstrap=sasl_kafka.bootstrap,
         kafka_security_protocol="SASL_PLAINTEXT",
