@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from replicator.deadletter import H_OFFSET, DeadLetterError, DeadLetterWriter
 from tests.support.broker import HOST, free_port, own_tansu
