@@ -40,7 +40,6 @@ clients/src/main/resources/common/message/):
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
@@ -51,7 +50,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-HOST = "127.0.0.1"
+from tests.support.loopback import HOST, LoopbackServer, close_socket, pump
 
 API_VERSIONS = 18
 SASL_HANDSHAKE = 17
@@ -380,7 +379,9 @@ def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(struct.pack(">i", len(payload)) + payload)
 
 
-class SaslProxy:
+class SaslProxy(LoopbackServer):
+    name = "sasl-proxy"
+
     def __init__(
         self,
         upstream_port: int,
@@ -397,17 +398,7 @@ class SaslProxy:
             for m, h in SCRAM_HASHES.items()
             if m in mechanisms
         }
-        if listener is None:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((HOST, 0))
-        self._listener = listener
-        self._listener.listen(64)
-        self.port: int = self._listener.getsockname()[1]
-        self._closed = threading.Event()
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        super().__init__(listener)
         # What happened, for tests to assert on (guarded by _lock).
         self.authenticated: Counter[str] = Counter()  # mechanism -> successful logins
         self.failed: Counter[str] = Counter()  # mechanism -> refused credentials
@@ -415,52 +406,12 @@ class SaslProxy:
         self.broker_versions: dict[int, tuple[int, int]] = {}  # the broker's own 17 and 36
         self.api_versions_requests: Counter[int] = Counter()  # ApiVersions request versions
 
-    def start(self) -> SaslProxy:
-        thread = threading.Thread(target=self._accept, name="sasl-proxy-accept", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        return self
-
-    def close(self) -> None:
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        with self._lock:
-            socks = list(self._sockets)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> SaslProxy:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            thread.start()
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-
     def _serve(self, client: socket.socket) -> None:
         self._track(client)
         try:
             upstream = socket.create_connection(self.upstream, timeout=10)
         except OSError:
-            _close(client)
+            close_socket(client)
             return
         upstream.settimeout(None)
         self._track(upstream)
@@ -471,12 +422,12 @@ class SaslProxy:
             if frames.buffer:
                 upstream.sendall(bytes(frames.buffer))
         except (_Closed, OSError):
-            _close(client)
-            _close(upstream)
+            close_socket(client)
+            close_socket(upstream)
             return
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         back.start()
-        _pump(client, upstream)
+        pump(client, upstream)
         back.join(timeout=5)
 
     def _authenticate(
@@ -548,24 +499,3 @@ def _authenticate_response(
     if header.api_version >= 1:
         out += struct.pack(">q", 0)  # session_lifetime_ms: no re-authentication required
     return out
-
-
-def _close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _close(src)
-        _close(dst)
