@@ -277,6 +277,7 @@ class Replicator:
             tuple[
                 list[Message],
                 list[PartitionState],
+                list[Item],
                 Future[tuple[list[Verdict], list[bytes | None]]],
             ]
         ] = deque()
@@ -502,22 +503,22 @@ class Replicator:
             return
         if self._judges is None:
             judged = judge_items(self.registry, items, self.settings.max_record_bytes)
-            self._apply_batch(taken, states, *judged)
+            self._apply_batch(taken, states, items, *judged)
             return
-        self._judged.append((taken, states, self._judges.submit(judge_batch, items)))
+        self._judged.append((taken, states, items, self._judges.submit(judge_batch, items)))
 
     def _apply_judged(self, wait: bool) -> None:
         """Apply the verdicts of finished batches, oldest first (all of them when `wait`)."""
         while self._judged and (
-            wait or self._judged[0][2].done() or len(self._judged) > MAX_JUDGED_BATCHES
+            wait or self._judged[0][3].done() or len(self._judged) > MAX_JUDGED_BATCHES
         ):
-            taken, states, future = self._judged.popleft()
-            self._apply_batch(taken, states, *future.result())
+            taken, states, items, future = self._judged.popleft()
+            self._apply_batch(taken, states, items, *future.result())
 
     def _drop_judged(self) -> None:
         """Forget batches judged for partition states that no longer exist (a rebalance or a
         seek makes the consumer fetch them again, from the committed position)."""
-        for _taken, _states, future in self._judged:
+        for *_batch, future in self._judged:
             future.cancel()
         self._judged.clear()
 
@@ -525,35 +526,35 @@ class Replicator:
         self,
         msgs: list[Message],
         states: list[PartitionState],
+        items: list[Item],
         verdicts: list[Verdict],
         envelopes: list[bytes | None],
     ) -> None:
         """Chunk a judged batch, in order: good records are kept, bad ones dead-lettered.
         A record of a partition state that was replaced since (a rebalance, a seek) or that
-        is below its chunker's position (already covered) is ignored."""
+        is below its chunker's position (already covered) is ignored. The record's fields
+        come from `items`, read once from the message by `_take_live`."""
         now = time.monotonic()
         parts = self.parts
         dispatch = self._dispatch_live
         taken = 0
         current: PartitionState | None = None
         valid = False
-        for msg, state, verdict, envelope in zip(msgs, states, verdicts, envelopes, strict=True):
+        batch = zip(msgs, states, items, verdicts, envelopes, strict=True)
+        for msg, state, (_topic, value, offset, timestamp_ms, key), verdict, envelope in batch:
             if state is not current:
                 current = state
                 valid = state.ready and parts.get(state.tp) is state
             if not valid:
                 continue
             chunker = state.chunker
-            offset = cast(int, msg.offset())
             if offset < chunker.position:
                 continue
             taken += 1
             schema_id = verdict[0]
             record: RawRecord | None
             if schema_id is not None:
-                record = RawRecord(
-                    offset, msg.timestamp()[1], msg.key(), cast(bytes, msg.value())[5:], envelope
-                )
+                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:], envelope)
             else:
                 record, _none = self._apply_verdict(msg, verdict, live=True)
             try:
