@@ -6,6 +6,7 @@ line on stderr and a non-zero exit code: 2 for a bad setting, 1 for anything els
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -95,6 +96,22 @@ def wait_for_broker(settings: Settings, stop_after: float | None = None) -> Admi
         return admin
 
 
+# Generation-0 threshold of the service's garbage collector (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for a process that holds hundreds of thousands of
+    records in flight: freeze what startup made (modules, schemas, clients: never garbage),
+    and collect the young generation every 50,000 allocations instead of every 700. With
+    the defaults, collections took about 10% of the main thread and full ones walked every
+    record held in the chunkers (docs/performance.md). Almost nothing the loop makes is in a
+    reference cycle, so reference counting frees it; the collector still runs, less often."""
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 @app.command()
 def run() -> None:
     """Run the service: consume, validate, and write every record to every store."""
@@ -128,6 +145,7 @@ def run() -> None:
         metrics = Metrics(stores=settings.stores, topics=settings.topics)
         service = Replicator(settings, stores, registry, metrics)
         service.install_signal_handlers()
+        tune_gc()
         lag = LagMonitor(settings, metrics).start()  # its own thread and Kafka clients
         try:
             server = start_http(settings.metrics_host, settings.metrics_port, service, lag)
