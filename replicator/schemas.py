@@ -127,6 +127,8 @@ class SchemaRegistry:
 
     def __init__(self, schemas: Mapping[int, RegisteredSchema]) -> None:
         self._by_id: dict[int, RegisteredSchema] = dict(sorted(schemas.items()))
+        # the same, keyed by the 4 bytes of the id as the wire header carries them
+        self._by_header = {i.to_bytes(4, "big"): s for i, s in self._by_id.items()}
         by_topic: dict[str, list[RegisteredSchema]] = {}
         for schema in self._by_id.values():
             by_topic.setdefault(schema.topic, []).append(schema)
@@ -175,6 +177,10 @@ class SchemaRegistry:
 
     def find(self, schema_id: int) -> RegisteredSchema | None:
         return self._by_id.get(schema_id)
+
+    def by_header(self) -> Mapping[bytes, RegisteredSchema]:
+        """Schemas by the 4 big-endian bytes of their id (`value[1:5]` of a wire value)."""
+        return self._by_header
 
     def ids(self) -> tuple[int, ...]:
         return tuple(self._by_id)

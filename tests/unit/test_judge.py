@@ -1,0 +1,89 @@
+"""The batch judge: `judge_items` takes a fast path for well-formed values, and its verdicts
+and envelopes are exactly those of `judge` (decode_wire, then check_record) and
+`encode_envelope`, record by record, whatever the input."""
+
+from __future__ import annotations
+
+from replicator.config import DEFAULT_SCHEMAS_DIR
+from replicator.container import encode_envelope
+from replicator.judge import GOOD, Item, judge, judge_items
+from replicator.schemas import HEADER_SIZE, SchemaRegistry
+from replicator.synthetic import BAD_KINDS, EXPECTED_REASON, SyntheticSource
+
+REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
+MAX_BYTES = 1 << 20
+
+
+def _one_by_one(items: list[Item], max_bytes: int) -> tuple[list[object], list[bytes | None]]:
+    verdicts: list[object] = []
+    envelopes: list[bytes | None] = []
+    for topic, value, offset, timestamp_ms, key in items:
+        verdict = judge(REGISTRY, topic, value, max_bytes)
+        verdicts.append(verdict)
+        envelopes.append(
+            None
+            if verdict[0] is None or value is None
+            else encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
+        )
+    return verdicts, envelopes
+
+
+def _workload(seed: int, count: int) -> tuple[list[Item], list[str]]:
+    """Good records of both topics, one in ten bad (every kind in turn), and the reason
+    each bad one must get ("" for a good one)."""
+    source = SyntheticSource(seed, REGISTRY)
+    topics = REGISTRY.topics()
+    items: list[Item] = []
+    expected: list[str] = []
+    for i in range(count):
+        topic = topics[i % len(topics)]
+        if i % 10 == 0:
+            kind = BAD_KINDS[(i // 10) % len(BAD_KINDS)]
+            key, value = source.bad_message(kind, topic)
+            expected.append(EXPECTED_REASON[kind])
+        else:
+            key, value, _schema = source.next_wire(topic)
+            expected.append(GOOD)
+        items.append((topic, value, 1000 + i, 1_700_000_000_000 + 7 * i, key if i % 4 else None))
+    return items, expected
+
+
+def test_every_verdict_and_envelope_is_the_one_record_by_record_judging_gives() -> None:
+    items, expected = _workload(seed=11, count=3000)
+    verdicts, envelopes = judge_items(REGISTRY, items, MAX_BYTES)
+    assert (verdicts, envelopes) == _one_by_one(items, MAX_BYTES)
+    assert [v[1] for v in verdicts] == expected
+    good = [e for e in envelopes if e is not None]
+    assert len(good) == expected.count(GOOD) == 2700
+
+
+def test_edge_values_take_the_slow_path_and_get_its_reasons() -> None:
+    topic = REGISTRY.topics()[0]
+    source = SyntheticSource(5, REGISTRY)
+    _key, value, schema = source.next_wire(topic)
+    other_topic = next(t for t in REGISTRY.topics() if t != topic)
+    items: list[Item] = [
+        (topic, None, 0, 0, None),  # tombstone
+        (topic, b"", 1, 0, None),
+        (topic, value[:HEADER_SIZE], 2, 0, None),  # header only
+        (topic, value + b"\x00", 3, 0, None),  # a byte left over
+        (topic, b"\x01" + value[1:], 4, 0, None),  # not magic 0
+        (other_topic, value, 5, 0, None),  # the schema of another topic
+        (topic, value, 6, -1, b""),  # good: no timestamp, empty key
+    ]
+    verdicts, envelopes = judge_items(REGISTRY, items, MAX_BYTES)
+    assert (verdicts, envelopes) == _one_by_one(items, MAX_BYTES)
+    assert [v[1] for v in verdicts] == [
+        "not_wire_format",
+        "not_wire_format",
+        "undecodable",
+        "undecodable",
+        "not_wire_format",
+        "wrong_topic_schema",
+        GOOD,
+    ]
+    assert verdicts[-1][0] == schema.id
+    # a limit below the value's size: oversized, on both paths
+    small = judge_items(REGISTRY, items[-1:], len(value) - 1)
+    assert small == _one_by_one(items[-1:], len(value) - 1)
+    assert small[0][0][1] == "oversized"
