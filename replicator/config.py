@@ -182,7 +182,11 @@ class Settings(BaseSettings):
     )
     codec: Literal["null", "deflate"] = Field(default="deflate", description="Avro container codec")
     deflate_level: int = Field(
-        description="Deflate compression level (codec deflate)", default=6, ge=0, le=9
+        description="Deflate compression level (codec deflate); fixes the objects' bytes, "
+        "see docs/runbook.md before changing it under live data",
+        default=1,
+        ge=0,
+        le=9,
     )
 
     # --- Service -----------------------------------------------------------------------
