@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -105,8 +106,12 @@ def wait_groups(
     service: Service,
     rss: list[float],
     cpu: list[float] | None = None,
+    timeline: list[tuple[float, int]] | None = None,
 ) -> float:
+    """Seconds until every group has committed `ends`; `timeline` gets (seconds, records
+    committed by the slowest group) at each poll."""
     readers = [Progress(settings.kafka_bootstrap, g) for g in groups]
+    base = {tp: 0 for tp in ends}
     started = time.perf_counter()
     assert service.proc is not None
     proc = psutil.Process(service.proc.pid)
@@ -119,10 +124,13 @@ def wait_groups(
                 if cpu is not None:
                     times = [p.cpu_times() for p in family]
                     cpu.append(sum(t.user + t.system for t in times))
-            done = all(
-                all(r.committed(list(ends)).get(tp, -1) >= end for tp, end in ends.items())
-                for r in readers
-            )
+            committed = [r.committed(list(ends)) for r in readers]
+            if timeline is not None:
+                now = time.perf_counter() - started
+                timeline.append(
+                    (now, min(sum(max(c.get(tp, 0), base[tp]) for tp in ends) for c in committed))
+                )
+            done = all(all(c.get(tp, -1) >= end for tp, end in ends.items()) for c in committed)
             if done:
                 return time.perf_counter() - started
             if not service.alive():
@@ -131,6 +139,26 @@ def wait_groups(
     finally:
         for r in readers:
             r.close()
+
+
+def steady_rate(
+    timeline: list[tuple[float, int]], total: int
+) -> tuple[float, float, float, float] | None:
+    """(records/s, seconds, start, tail) between the first polls that saw 10% and 90% of
+    `total` committed: the rate once the group has joined and chunks are flowing, from the
+    records actually committed between those two polls (commits come a chunk at a time, so
+    the counts jump; the rate is not taken from the levels). `start` and `tail` are the
+    seconds the records before and after took beyond that rate: the process start, the
+    group join and the first chunks filling; the wall-clock cut of the last chunks and the
+    last commit."""
+    low = next(((at, n) for at, n in timeline if n >= 0.1 * total), None)
+    high = next(((at, n) for at, n in timeline if n >= 0.9 * total), None)
+    if low is None or high is None or high[0] <= low[0] or high[1] <= low[1]:
+        return None
+    rate = (high[1] - low[1]) / (high[0] - low[0])
+    start = low[0] - low[1] / rate
+    tail = timeline[-1][0] - high[0] - (total - high[1]) / rate
+    return rate, high[0] - low[0], start, tail
 
 
 def reset_group(stack: LocalStack, group: str, ends: dict[TP, int]) -> None:
@@ -175,6 +203,9 @@ def main() -> None:
         default=None,
         help="REPLICATOR_DECODE_WORKERS for the runs (default: the service's own default)",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the stack's folder (data, logs) after a run"
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
@@ -190,6 +221,7 @@ def main() -> None:
     print(f"starting a private stack in {root}", flush=True)
     stack.up()
     rows: list[Row] = []
+    finished = False
     try:
         env = stack.env()
         base = Settings(
@@ -202,7 +234,10 @@ def main() -> None:
             s3_secret_key=SecretStr(env["s3_secret_key"]),
             azure_connection_string=SecretStr(env["azure_connection_string"]),
             azure_container="bench-azure",
-            session_timeout_ms=6000,
+            # The local broker (Tansu) holds a group join for about half the session timeout
+            # (LOCAL-STACK.md), where Kafka waits its initial rebalance delay (3 s by
+            # default, often 0 in development): 2 s keeps that start under 1.5 s.
+            session_timeout_ms=2000,
             metrics_port=0,
             log_level="WARNING",
             flush_interval_s=args.flush_interval,
@@ -264,8 +299,15 @@ def main() -> None:
         launched = time.time()
         service = Service(settings, log_dir, name="e2e").start()
         cpu: list[float] = []
+        timeline: list[tuple[float, int]] = []
         e2e_s = wait_groups(
-            settings, [settings.progress_group(s) for s in settings.stores], ends, service, rss, cpu
+            settings,
+            [settings.progress_group(s) for s in settings.stores],
+            ends,
+            service,
+            rss,
+            cpu,
+            timeline,
         )
         for replica in [service, *extra]:
             replica.stop()
@@ -287,6 +329,19 @@ def main() -> None:
                 note=startup_note(service, launched, e2e_s, total),
             )
         )
+        steady = steady_rate(timeline, total)
+        if steady is not None:
+            rate, seconds, start, tail = steady
+            rows.append(
+                Row(
+                    "... steady state (10% to 90% committed)",
+                    seconds,
+                    round(rate * seconds),
+                    value_mb * rate * seconds / total,
+                    note=f"the first 10% took {start:.1f} s more (start, join, first chunks), "
+                    f"the last {tail:.1f} s more (wall-clock cut, last commit)",
+                )
+            )
         print(
             f"end to end: {total / e2e_s:,.0f} records/s, peak RSS {max(rss):.0f} MiB", flush=True
         )
@@ -377,8 +432,13 @@ def main() -> None:
                     f"copied from s3 in {copies} partition(s)",
                 )
             )
+        finished = True
     finally:
         stack.down()
+        if finished and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)  # about 1 GB for a million records
+        else:
+            print(f"kept {root} (servers' data and the services' logs)", flush=True)
 
     print()
     print(
