@@ -22,6 +22,7 @@ if any count is non-zero or if RSS grew by more than --max-growth-mib between th
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -83,6 +84,9 @@ def main() -> int:
     parser.add_argument("--fault-every", type=float, default=60.0, help="seconds")
     parser.add_argument("--sample", type=float, default=10.0, help="RSS sample period, seconds")
     parser.add_argument("--max-growth-mib", type=float, default=30.0)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the stack's folder (data, logs) after a run"
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="replicator-soak-"))
@@ -100,6 +104,7 @@ def main() -> int:
     s3p = FaultProxy(stack.port("s3"), seed=1).start()
     azp = FaultProxy(stack.port("azure"), seed=2).start()
     service: Service | None = None
+    failed = True  # until the final check says otherwise
     try:
         env = stack.env()
         conn = env["azure_connection_string"].replace(
@@ -270,7 +275,7 @@ def main() -> int:
             f" {peak.start / 2**20:.0f} MiB before it, peak {peak.peak / 2**20:.0f} MiB during it",
             flush=True,
         )
-        failed = bool(lost) or doubled or differ or growth > args.max_growth_mib
+        failed = bool(lost or doubled or differ or growth > args.max_growth_mib)
         return 1 if failed else 0
     finally:
         if service is not None and service.alive():
@@ -278,6 +283,10 @@ def main() -> int:
         s3p.close()
         azp.close()
         stack.down()
+        if failed or args.keep:
+            print(f"kept {root} (servers' data and the service's log)", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # gigabytes after a 30-minute run
 
 
 if __name__ == "__main__":
