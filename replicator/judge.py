@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
 from fastavro import schemaless_reader
 
+from replicator.checks_compiled import Checker, checker_for
 from replicator.container import encode_envelope
 from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
 from replicator.validation import check_record
@@ -49,6 +51,7 @@ def _init_worker(schemas_dir: str, max_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _registry = SchemaRegistry.load(Path(schemas_dir))
     _max_bytes = max_bytes
+    _checkers(_registry)
 
 
 Item = tuple[str, bytes | None, int, int, bytes | None]  # schema topic, value, offset, ts, key
@@ -61,14 +64,16 @@ def judge_items(
     (`container.encode_envelope`, first branch): encoding it here, where decoding already
     happens, keeps that per-record work off the service's main thread.
 
-    A well-formed value takes a fast path: the same reader and checks as `judge`, without
-    its wrapper objects. Anything else goes through `judge`, which names the reason: a
-    verdict never depends on the path taken."""
+    A well-formed value takes a fast path: the same reader as `judge` without its wrapper
+    objects, then the checks compiled for its writer schema (`checks_compiled`, identical
+    verdicts to `check_record`). Anything else goes through `judge`, which names the
+    reason: a verdict never depends on the path taken."""
     verdicts: list[Verdict] = []
     envelopes: list[bytes | None] = []
     add_verdict = verdicts.append
     add_envelope = envelopes.append
     by_header = registry.by_header()
+    checkers = _checkers(registry)
     for topic, value, offset, timestamp_ms, key in items:
         record: object = None
         schema = None
@@ -87,7 +92,7 @@ def judge_items(
         if type(record) is not dict or schema is None:
             verdict = judge(registry, topic, value, max_bytes)
         else:
-            violation = check_record(topic, record)
+            violation = checkers[schema.id](record)
             verdict = (
                 (schema.id, GOOD, GOOD)
                 if violation is None
@@ -102,17 +107,41 @@ def judge_items(
     return verdicts, envelopes
 
 
+_compiled: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, Checker]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _checkers(registry: SchemaRegistry) -> dict[int, Checker]:
+    """The compiled checks of every schema of `registry`, made once (a registry is immutable)."""
+    checkers = _compiled.get(registry)
+    if checkers is None:
+        checkers = {i: checker_for(registry.get(i)) for i in registry.ids()}
+        _compiled[registry] = checkers
+    return checkers
+
+
 def judge_batch(items: list[Item]) -> tuple[list[Verdict], list[bytes | None]]:
     """In a worker: `judge_items` with the worker's registry."""
     assert _registry is not None, "worker not initialised"
     return judge_items(_registry, items, _max_bytes)
 
 
+def _ready() -> None:
+    """Nothing: submitted once per worker so that the workers start at once."""
+
+
 def start_pool(workers: int, schemas_dir: Path, max_bytes: int) -> ProcessPoolExecutor:
+    """The worker processes, started now: a spawned worker takes about a second to import
+    and compile its checks, which then overlaps with the consumer group join instead of
+    delaying the first batch."""
     # spawn, not fork: the parent runs librdkafka threads, which a fork would copy mid-state.
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(str(schemas_dir), max_bytes),
     )
+    for _ in range(workers):
+        pool.submit(_ready)
+    return pool
