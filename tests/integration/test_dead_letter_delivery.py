@@ -36,7 +36,11 @@ def _origin_offsets(bootstrap: str, expected: int) -> list[int]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "enable.auto.commit": False}
     )
-    consumer.assign([TopicPartition(TOPIC, 0, 0)])
+    # Every partition: the writer's resend can reach the restarted broker before the test
+    # creates the topic, and a topic created by that first produce has the broker's default
+    # partition count, with the records wherever their key hashes.
+    partitions = consumer.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions
+    consumer.assign([TopicPartition(TOPIC, p, 0) for p in partitions])
     out: list[int] = []
     # Until every expected record is read (a loaded machine can be slow to serve the first
     # fetch), then one more idle second for doubles.
