@@ -34,7 +34,7 @@ from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from pydantic import SecretStr
+from pydantic import SecretStr, create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -164,6 +164,29 @@ def steady_rate(
     return rate, high[0] - low[0], start, tail
 
 
+def parse_overrides(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, object]:
+    """`--set NAME=VALUE` pairs as settings, checked by the service's own validation."""
+    raw: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower().removeprefix("replicator_")
+        if not sep or name not in Settings.model_fields:
+            parser.error(f"--set {pair!r}: expected NAME=VALUE with NAME a service setting")
+        raw[name] = value
+    if not raw:
+        return {}
+    # Each value is validated by its own field (type and bounds), as the service reads it.
+    fields = Settings.model_fields
+    model = create_model(  # type: ignore[call-overload]
+        "Overrides", **{name: (fields[name].annotation, fields[name]) for name in raw}
+    )
+    try:
+        checked = model.model_validate(raw)
+    except ValueError as exc:
+        parser.error(f"--set: {exc}")
+    return {name: getattr(checked, name) for name in raw}
+
+
 def reset_group(stack: LocalStack, group: str, ends: dict[TP, int]) -> None:
     tps = [TopicPartition(t, p, 0) for t, p in ends]
     for fut in stack.admin.alter_consumer_group_offsets(
@@ -209,8 +232,17 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the stack's folder (data, logs) after a run"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for every run, as in REPLICATOR_<NAME> (e.g. chunk_max_records="
+        "10000); repeatable; printed under the table",
+    )
     args = parser.parse_args()
 
+    overrides = parse_overrides(parser, args.set)
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     stack = LocalStack(
         root=root,
@@ -247,6 +279,8 @@ def main() -> None:
         )
         if args.decode_workers is not None:
             base = base.model_copy(update={"decode_workers": args.decode_workers})
+        if overrides:
+            base = base.model_copy(update=overrides)
         print(
             f"producing {args.records:,} records over {len(DEMO_TOPICS)} topics x {args.partitions} partitions",
             flush=True,
@@ -449,6 +483,8 @@ def main() -> None:
     print(
         f"flush interval {args.flush_interval:g} s (the wall-clock cut of each partition's last chunk)"
     )
+    for name, value in overrides.items():
+        print(f"setting {name}={value}")
     print(
         f"workload: {total:,} records ({args.partitions} partitions x {len(DEMO_TOPICS)} topics), "
         f"{value_mb:.1f} MB of values, {stored / 1e6:.1f} MB stored per store; "
