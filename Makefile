@@ -32,7 +32,7 @@ setup: $(PIP_STAMP) $(AZURITE_STAMP) $(PROMETHEUS_STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(PIP_STAMP): pyproject.toml | $(PY)
+$(PIP_STAMP): pyproject.toml setup.py replicator/_fastcheck.c | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 

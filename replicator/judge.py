@@ -17,10 +17,12 @@ import weakref
 from concurrent.futures import ProcessPoolExecutor
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 from fastavro import schemaless_reader
 
 from replicator.checks_compiled import Checker, checker_for
+from replicator.checks_native import extension, native_programs
 from replicator.container import encode_envelope
 from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
 from replicator.validation import check_record
@@ -52,6 +54,7 @@ def _init_worker(schemas_dir: str, max_bytes: int) -> None:
     _registry = SchemaRegistry.load(Path(schemas_dir))
     _max_bytes = max_bytes
     _checkers(_registry)
+    _programs(_registry)
 
 
 Item = tuple[str, bytes | None, int, int, bytes | None]  # schema topic, value, offset, ts, key
@@ -64,17 +67,28 @@ def judge_items(
     (`container.encode_envelope`, first branch): encoding it here, where decoding already
     happens, keeps that per-record work off the service's main thread.
 
-    A well-formed value takes a fast path: the same reader as `judge` without its wrapper
-    objects, then the checks compiled for its writer schema (`checks_compiled`, identical
-    verdicts to `check_record`). Anything else goes through `judge`, which names the
-    reason: a verdict never depends on the path taken."""
-    verdicts: list[Verdict] = []
-    envelopes: list[bytes | None] = []
-    add_verdict = verdicts.append
-    add_envelope = envelopes.append
+    Three paths, fastest first; a verdict never depends on the path taken:
+
+    1. the compiled extension (`checks_native`), which accepts a well-formed, healthy record
+       of a primitive-only schema without decoding it into Python objects;
+    2. for a record it is not sure about, the same reader as `judge` without its wrapper
+       objects, then the checks compiled for its writer schema (`checks_compiled`, identical
+       verdicts to `check_record`);
+    3. anything else goes through `judge`, which names the reason."""
+    programs = _programs(registry)
+    if programs is None:
+        verdicts: list[Verdict | None] = [None] * len(items)
+        envelopes: list[bytes | None] = [None] * len(items)
+    else:
+        native = extension()
+        assert native is not None
+        verdicts, envelopes = native.accept(programs, items, max_bytes)
     by_header = registry.by_header()
     checkers = _checkers(registry)
-    for topic, value, offset, timestamp_ms, key in items:
+    for index, native_verdict in enumerate(verdicts):
+        if native_verdict is not None:
+            continue
+        topic, value, offset, timestamp_ms, key = items[index]
         record: object = None
         schema = None
         if value is not None and HEADER_SIZE <= len(value) <= max_bytes and value[0] == 0:
@@ -98,18 +112,28 @@ def judge_items(
                 if violation is None
                 else (None, violation.reason, violation.detail)
             )
-        add_verdict(verdict)
-        if verdict[0] is None:
-            add_envelope(None)
-        else:
+        verdicts[index] = verdict
+        if verdict[0] is not None:
             assert value is not None
-            add_envelope(encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0))
-    return verdicts, envelopes
+            envelopes[index] = encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
+    return cast(list[Verdict], verdicts), envelopes
 
 
 _compiled: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, Checker]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+_native: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, object] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _programs(registry: SchemaRegistry) -> dict[int, object] | None:
+    """The compiled extension's programs for `registry`, made once; None without it."""
+    if registry not in _native:
+        _native[registry] = native_programs(registry)
+    return _native[registry]
 
 
 def _checkers(registry: SchemaRegistry) -> dict[int, Checker]:

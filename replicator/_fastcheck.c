@@ -1,0 +1,513 @@
+/* The judge's compiled fast path: accept well-formed, healthy records without decoding them
+ * into Python objects.
+ *
+ * Why: fastavro's decode into a dict and the Python checks were the service's largest cost
+ * per record (docs/performance.md). For a writer schema whose fields are all primitives,
+ * this walks the Avro body once, in C, and tests the same sufficient conditions as the
+ * fast path of `replicator.checks_compiled` (itself checked against the specification,
+ * `replicator.validation.check_record`).
+ *
+ * Contract: it only ever says "good". For each item it returns either the record's
+ * envelope (`container.encode_envelope(offset, timestamp, key, body, 0)`), which means the
+ * Python path would have judged the record good with exactly that envelope, or None, which
+ * means "not sure": the caller then judges that item in Python, which names the reason of a
+ * bad record. Anything unusual gives None: a non-ASCII string, a varint longer than 64 bits,
+ * an out-of-range union or enum index, a value at a rule's edge it does not model, trailing
+ * bytes. The program of each schema is made in Python (`replicator.checks_native`), which
+ * also decides which schemas this path may take at all.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { W_NULL, W_BOOL, W_INT, W_LONG, W_FLOAT, W_DOUBLE, W_STRING, W_ENUM };
+enum { R_NONE, R_SCAN, R_UUID, R_HEX, R_DEPT, R_CCAM, R_CIP13, R_ATC, R_RANGE, R_ENUM };
+enum { S_EVENT, S_BIRTH, S_DATE0, S_DATE1, S_DATE2, S_REIMBURSED, S_BASE, S_PAID, N_SLOTS };
+
+#define NIR_MIN_LENGTH 15
+#define YEARS 211 /* 1890 .. 2100 */
+
+typedef struct {
+    int wire;
+    int null_branch; /* -1: not a union; else the index of the null branch (0 or 1) */
+    int rule;
+    int slot; /* -1: none */
+    int64_t lo, hi;      /* R_RANGE bounds (inclusive); R_HEX: lo is the length */
+    char *safe_symbols;  /* R_ENUM: one flag per symbol (1: holds no NIR) */
+    Py_ssize_t symbols;
+} Op;
+
+typedef struct {
+    Py_ssize_t nops;
+    Op *ops;
+    PyObject *topic;   /* the schema's topic (str) */
+    PyObject *verdict; /* (schema id, "", "") */
+    int64_t first_year, min_date_days, day_ms;
+    int64_t year_start_ms[YEARS];
+    int64_t lowest_day[YEARS];
+} Program;
+
+static const char *CAPSULE = "replicator._fastcheck.Program";
+
+static void program_free(PyObject *capsule) {
+    Program *p = (Program *)PyCapsule_GetPointer(capsule, CAPSULE);
+    if (p == NULL) return;
+    for (Py_ssize_t i = 0; i < p->nops; i++) PyMem_Free(p->ops[i].safe_symbols);
+    PyMem_Free(p->ops);
+    Py_XDECREF(p->topic);
+    Py_XDECREF(p->verdict);
+    PyMem_Free(p);
+}
+
+static int read_int64_seq(PyObject *seq, int64_t *out, Py_ssize_t n, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd values", what, n);
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* compile(topic, verdict, ops, first_year, min_date_days, day_ms, year_start_ms, lowest_day)
+ * ops: sequence of (wire, null_branch, rule, slot, lo, hi, safe_symbols: bytes | None) */
+static PyObject *compile_program(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *topic, *verdict, *ops, *year_start, *lowest;
+    long long first_year, min_date_days, day_ms;
+    if (!PyArg_ParseTuple(args, "UOOLLLOO", &topic, &verdict, &ops, &first_year, &min_date_days,
+                          &day_ms, &year_start, &lowest))
+        return NULL;
+    if (day_ms <= 0) {
+        PyErr_SetString(PyExc_ValueError, "day_ms must be positive");
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(ops, "ops must be a sequence");
+    if (fast == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Program *p = PyMem_Calloc(1, sizeof(Program));
+    if (p == NULL) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    p->ops = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(Op));
+    if (p->ops == NULL) {
+        PyMem_Free(p);
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    p->first_year = first_year;
+    p->min_date_days = min_date_days;
+    p->day_ms = day_ms;
+    if (read_int64_seq(year_start, p->year_start_ms, YEARS, "year_start_ms") < 0 ||
+        read_int64_seq(lowest, p->lowest_day, YEARS, "lowest_day") < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Op *op = &p->ops[i];
+        PyObject *symbols;
+        long long lo, hi;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iiiiLLO", &op->wire,
+                              &op->null_branch, &op->rule, &op->slot, &lo, &hi, &symbols))
+            goto fail;
+        p->nops = i + 1; /* from here on, program_free releases this op */
+        op->lo = lo;
+        op->hi = hi;
+        if (op->wire < W_NULL || op->wire > W_ENUM || op->rule < R_NONE || op->rule > R_ENUM ||
+            op->slot < -1 || op->slot >= N_SLOTS || op->null_branch < -1 || op->null_branch > 1) {
+            PyErr_Format(PyExc_ValueError, "op %zd out of range", i);
+            goto fail;
+        }
+        if (op->rule == R_ENUM) {
+            char *data;
+            Py_ssize_t len;
+            if (PyBytes_AsStringAndSize(symbols, &data, &len) < 0) goto fail;
+            op->safe_symbols = PyMem_Malloc(len > 0 ? (size_t)len : 1);
+            if (op->safe_symbols == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            memcpy(op->safe_symbols, data, (size_t)len);
+            op->symbols = len;
+        }
+    }
+    p->nops = n;
+    Py_DECREF(fast);
+    Py_INCREF(topic);
+    Py_INCREF(verdict);
+    p->topic = topic;
+    p->verdict = verdict;
+    PyObject *capsule = PyCapsule_New(p, CAPSULE, program_free);
+    if (capsule == NULL) {
+        Py_DECREF(topic);
+        Py_DECREF(verdict);
+        p->topic = p->verdict = NULL;
+        goto fail_freed_fast;
+    }
+    return capsule;
+fail:
+    Py_DECREF(fast);
+fail_freed_fast:
+    for (Py_ssize_t i = 0; i < p->nops; i++) PyMem_Free(p->ops[i].safe_symbols);
+    PyMem_Free(p->ops);
+    PyMem_Free(p);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- wire reading */
+
+/* An Avro long: zigzag varint of at most 10 bytes and 64 bits. 0 on success. */
+static inline int read_long(const unsigned char **at, const unsigned char *end, int64_t *out) {
+    const unsigned char *p = *at;
+    uint64_t n = 0;
+    int shift = 0;
+    for (;;) {
+        if (p >= end || shift > 63) return -1;
+        unsigned char b = *p++;
+        if (shift == 63 && (b & 0x7E)) return -1; /* past 64 bits */
+        n |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) break;
+        shift += 7;
+    }
+    *at = p;
+    *out = (int64_t)(n >> 1) ^ -(int64_t)(n & 1);
+    return 0;
+}
+
+static inline int is_alnum(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline int is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
+static inline int is_lower_hex(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+static inline int is_hex(unsigned char c) { return is_lower_hex(c) || (c >= 'A' && c <= 'F'); }
+
+/* 1 if an ASCII string certainly holds no NIR token (validation.find_nir finds nothing).
+ * A NIR match is made of [0-9ABab] and, between groups, single spaces (the other separators
+ * are not ASCII), and is neither preceded nor followed by a letter or digit. So it lies in
+ * one maximal run of [0-9ABab ] of 15 characters or more; without a space inside, it is
+ * 15 characters long and must be the whole run, with no letter or digit on either side. A
+ * run that could hold one makes this say "not sure". */
+static int holds_no_nir(const unsigned char *s, Py_ssize_t n) {
+    if (n < NIR_MIN_LENGTH) return 1;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        int in_run = is_digit(c) || c == 'A' || c == 'B' || c == 'a' || c == 'b' || c == ' ';
+        if (!in_run) {
+            i++;
+            continue;
+        }
+        Py_ssize_t start = i;
+        int space = 0;
+        while (i < n) {
+            c = s[i];
+            if (c == ' ')
+                space = 1;
+            else if (!(is_digit(c) || c == 'A' || c == 'B' || c == 'a' || c == 'b'))
+                break;
+            i++;
+        }
+        if (i - start >= NIR_MIN_LENGTH) {
+            if (space) return 0;
+            int open_left = start == 0 || !is_alnum(s[start - 1]);
+            int open_right = i == n || !is_alnum(s[i]);
+            if (open_left && open_right) return 0;
+        }
+    }
+    return 1;
+}
+
+static int is_department(const unsigned char *s, Py_ssize_t n) {
+    if (n == 2) {
+        unsigned char a = s[0], b = s[1];
+        if (a == '2' && (b == 'A' || b == 'B')) return 1;
+        if (!is_digit(a) || !is_digit(b)) return 0;
+        int v = (a - '0') * 10 + (b - '0');
+        return v >= 1 && v != 20 && v != 96 && v != 97 && v != 98;
+    }
+    if (n == 3) return s[0] == '9' && s[1] == '7' && s[2] >= '1' && s[2] <= '6';
+    return 0;
+}
+
+static int is_uuid(const unsigned char *s, Py_ssize_t n) {
+    if (n != 36) return 0;
+    for (Py_ssize_t i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-') return 0;
+        } else if (!is_hex(s[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int is_ccam(const unsigned char *s, Py_ssize_t n) {
+    return n == 7 && is_upper(s[0]) && is_upper(s[1]) && is_upper(s[2]) && is_upper(s[3]) &&
+           is_digit(s[4]) && is_digit(s[5]) && is_digit(s[6]);
+}
+
+static int is_cip13(const unsigned char *s, Py_ssize_t n) {
+    if (n != 13 || memcmp(s, "3400", 4) != 0) return 0;
+    for (int i = 4; i < 13; i++)
+        if (!is_digit(s[i])) return 0;
+    int total = 0;
+    for (int i = 0; i < 12; i++) total += (s[i] - '0') * (i % 2 ? 3 : 1);
+    return (10 - total % 10) % 10 == s[12] - '0';
+}
+
+static int is_atc(const unsigned char *s, Py_ssize_t n) {
+    return n == 7 && strchr("ABCDGHJLMNPRSV", s[0]) != NULL && s[0] != 0 && is_digit(s[1]) &&
+           is_digit(s[2]) && is_upper(s[3]) && is_upper(s[4]) && is_digit(s[5]) &&
+           is_digit(s[6]);
+}
+
+static int string_passes(int rule, const Op *op, const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] & 0x80) return 0; /* not ASCII: the Python path decides */
+    switch (rule) {
+        case R_SCAN: return holds_no_nir(s, n);
+        case R_UUID: return is_uuid(s, n);
+        case R_HEX:
+            if (n != op->lo) return 0;
+            for (Py_ssize_t i = 0; i < n; i++)
+                if (!is_lower_hex(s[i])) return 0;
+            return 1;
+        case R_DEPT: return is_department(s, n);
+        case R_CCAM: return is_ccam(s, n);
+        case R_CIP13: return is_cip13(s, n);
+        case R_ATC: return is_atc(s, n);
+        default: return 0;
+    }
+}
+
+/* 1 if the body is a well-formed record of the program's schema, every byte read, that the
+ * checks accept; 0 if not sure. */
+static int body_passes(const Program *p, const unsigned char *at, const unsigned char *end) {
+    int64_t slot[N_SLOTS];
+    int present[N_SLOTS] = {0};
+    for (Py_ssize_t i = 0; i < p->nops; i++) {
+        const Op *op = &p->ops[i];
+        if (op->null_branch >= 0) {
+            int64_t branch;
+            if (read_long(&at, end, &branch) < 0 || branch < 0 || branch > 1) return 0;
+            if (branch == op->null_branch) continue; /* null: no rule applies */
+        }
+        int64_t v = 0;
+        switch (op->wire) {
+            case W_NULL: continue;
+            case W_BOOL:
+                if (at >= end || *at > 1) return 0;
+                at++;
+                continue;
+            case W_FLOAT:
+                if (end - at < 4) return 0;
+                at += 4;
+                continue;
+            case W_DOUBLE:
+                if (end - at < 8) return 0;
+                at += 8;
+                continue;
+            case W_INT:
+            case W_LONG:
+                if (read_long(&at, end, &v) < 0) return 0;
+                if (op->wire == W_INT && (v < INT32_MIN || v > INT32_MAX)) return 0;
+                if (op->rule == R_RANGE && (v < op->lo || v > op->hi)) return 0;
+                if (op->slot >= 0) {
+                    slot[op->slot] = v;
+                    present[op->slot] = 1;
+                }
+                continue;
+            case W_STRING: {
+                int64_t len;
+                if (read_long(&at, end, &len) < 0 || len < 0 || len > end - at) return 0;
+                if (!string_passes(op->rule, op, at, (Py_ssize_t)len)) return 0;
+                at += len;
+                continue;
+            }
+            case W_ENUM:
+                if (read_long(&at, end, &v) < 0 || v < 0 || v >= op->symbols) return 0;
+                if (!op->safe_symbols[v]) return 0;
+                continue;
+            default: return 0;
+        }
+    }
+    if (at != end) return 0; /* trailing bytes */
+    /* Rules across fields, as checks_compiled writes them. */
+    if (present[S_BIRTH]) {
+        int64_t index = slot[S_BIRTH] - p->first_year;
+        if (index < 0 || index >= YEARS) return 0;
+        if (present[S_EVENT] && slot[S_EVENT] < p->year_start_ms[index]) return 0;
+    }
+    int64_t lowest =
+        present[S_BIRTH] ? p->lowest_day[slot[S_BIRTH] - p->first_year] : p->min_date_days;
+    for (int s = S_DATE0; s <= S_DATE2; s++) {
+        if (!present[s]) continue;
+        if (slot[s] < lowest) return 0;
+        if (present[S_EVENT]) {
+            if (slot[S_EVENT] < 0) return 0; /* floor division: not modelled */
+            if (slot[s] > slot[S_EVENT] / p->day_ms + 1) return 0;
+        }
+    }
+    if (present[S_DATE0] && present[S_DATE1] && slot[S_DATE1] < slot[S_DATE0]) return 0;
+    if (present[S_REIMBURSED]) {
+        if (present[S_BASE] && slot[S_REIMBURSED] > slot[S_BASE]) return 0;
+        if (present[S_PAID] && slot[S_REIMBURSED] > slot[S_PAID]) return 0;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- the envelope */
+
+static inline unsigned char *put_long(unsigned char *out, int64_t value) {
+    uint64_t n = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    while (n & ~(uint64_t)0x7F) {
+        *out++ = (unsigned char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    *out++ = (unsigned char)n;
+    return out;
+}
+
+static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py_ssize_t key_len,
+                          const char *body, Py_ssize_t body_len) {
+    unsigned char head[48];
+    unsigned char *at = put_long(head, offset);
+    at = put_long(at, timestamp);
+    if (key == NULL) {
+        *at++ = 0;
+    } else {
+        *at++ = 2;
+        at = put_long(at, key_len);
+    }
+    Py_ssize_t head_len = at - head;
+    Py_ssize_t total = head_len + (key ? key_len : 0) + 1 + body_len;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, head, (size_t)head_len);
+    o += head_len;
+    if (key != NULL) {
+        memcpy(o, key, (size_t)key_len);
+        o += key_len;
+    }
+    *o++ = 0; /* union branch 0 */
+    memcpy(o, body, (size_t)body_len);
+    return out;
+}
+
+/* accept(programs, items, max_bytes) -> (verdicts, envelopes)
+ * programs: {schema id header as a big-endian int: Program}
+ * items: list of (schema topic, value, offset, timestamp ms, key)
+ * Each verdict is the program's (schema id, "", "") or None ("not sure"); each envelope is
+ * bytes or None, in the items' order. */
+static PyObject *accept(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *programs, *items;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyDict_Type, &programs, &PyList_Type, &items,
+                          &max_bytes))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *verdicts = PyList_New(n);
+    PyObject *envelopes = PyList_New(n);
+    if (verdicts == NULL || envelopes == NULL) goto error;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        PyObject *verdict = Py_None, *env = Py_None;
+        Py_INCREF(Py_None);
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(verdicts, i, verdict);
+        PyList_SET_ITEM(envelopes, i, env);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 5) continue;
+        PyObject *topic = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        PyObject *offset_obj = PyTuple_GET_ITEM(item, 2), *ts_obj = PyTuple_GET_ITEM(item, 3);
+        PyObject *key = PyTuple_GET_ITEM(item, 4);
+        if (!PyBytes_CheckExact(value) || !PyLong_CheckExact(offset_obj) ||
+            !PyLong_CheckExact(ts_obj) || (key != Py_None && !PyBytes_CheckExact(key)))
+            continue;
+        Py_ssize_t len = PyBytes_GET_SIZE(value);
+        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+        if (len < 5 || len > max_bytes || v[0] != 0) continue;
+        unsigned long header = ((unsigned long)v[1] << 24) | ((unsigned long)v[2] << 16) |
+                               ((unsigned long)v[3] << 8) | (unsigned long)v[4];
+        PyObject *header_obj = PyLong_FromUnsignedLong(header);
+        if (header_obj == NULL) goto error;
+        PyObject *capsule = PyDict_GetItemWithError(programs, header_obj); /* borrowed */
+        Py_DECREF(header_obj);
+        if (capsule == NULL) {
+            if (PyErr_Occurred()) goto error;
+            continue;
+        }
+        Program *p = (Program *)PyCapsule_GetPointer(capsule, CAPSULE);
+        if (p == NULL) goto error;
+        if (topic != p->topic) {
+            int same = PyUnicode_Check(topic) ? PyUnicode_Compare(topic, p->topic) : 1;
+            if (same == -1 && PyErr_Occurred()) goto error;
+            if (same != 0) continue;
+        }
+        int overflow = 0;
+        long long offset = PyLong_AsLongLongAndOverflow(offset_obj, &overflow);
+        if (overflow || (offset == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            continue;
+        }
+        long long ts = PyLong_AsLongLongAndOverflow(ts_obj, &overflow);
+        if (overflow || (ts == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            continue;
+        }
+        if (!body_passes(p, v + 5, v + len)) continue;
+        PyObject *made =
+            envelope(offset, ts, key == Py_None ? NULL : PyBytes_AS_STRING(key),
+                     key == Py_None ? 0 : PyBytes_GET_SIZE(key), (const char *)v + 5, len - 5);
+        if (made == NULL) goto error;
+        Py_INCREF(p->verdict);
+        PyList_SET_ITEM(verdicts, i, p->verdict);
+        Py_DECREF(Py_None);
+        PyList_SET_ITEM(envelopes, i, made);
+        Py_DECREF(Py_None);
+    }
+    return Py_BuildValue("(NN)", verdicts, envelopes);
+error:
+    Py_XDECREF(verdicts);
+    Py_XDECREF(envelopes);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"compile", compile_program, METH_VARARGS,
+     "compile(topic, verdict, ops, first_year, min_date_days, day_ms, year_start_ms, "
+     "lowest_day) -> program"},
+    {"accept", accept, METH_VARARGS,
+     "accept(programs, items, max_bytes) -> (verdicts, envelopes); None where not sure"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "replicator._fastcheck",
+    "Compiled fast path of the judge (see replicator/checks_native.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastcheck(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "YEARS", YEARS) < 0 ||
+        PyModule_AddIntConstant(m, "SLOTS", N_SLOTS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
