@@ -6,9 +6,11 @@ record with a violation goes to the dead-letter topic and is never written to a 
 This module is the specification. ``replicator.checks_compiled.checker_for(schema)`` gives
 the same results faster for records decoded with a known writer schema: its generated fast
 path accepts only records this module accepts, and it hands every other record to
-``check_record``. A change to a rule here must be mirrored there (a new or stricter rule
-would otherwise be skipped by the fast path); ``tests/unit/test_checks_compiled.py``
-compares the two and fails when the code of these rules changes.
+``check_record``; so does the compiled extension ``replicator/_fastcheck.c`` (programs from
+``replicator.checks_native``), which judges the raw Avro body before any decode. A change to
+a rule here must be mirrored in both (a new or stricter rule would otherwise be skipped by
+the fast paths); ``tests/unit/test_checks_compiled.py`` and ``test_checks_native.py``
+compare them with this module, and the first fails when the code of these rules changes.
 
 1. ``direct_identifier`` (checked first, over the whole record): a French NIR (social
    security number) in **any** string value, at any depth (nested records, arrays, map

@@ -812,8 +812,10 @@ _REFERENCE_FINGERPRINT = "84145a01ef3c8324ebdf4eb6f1acad727634fee35f898e0a2abe4a
 
 def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
     """The generated fast path restates the rules of `validation.py` (a stricter or new rule
-    there would not be seen by it). When this fails, a rule's code changed: bring
-    `checks_compiled.py` and these tests in line with it, then update the fingerprint."""
+    there would not be seen by it), and so does the compiled extension (`_fastcheck.c`,
+    programs from `checks_native.py`). When this fails, a rule's code changed: bring
+    `checks_compiled.py`, `_fastcheck.c`, `checks_native.py` and their tests in line with
+    it, then update the fingerprint."""
     functions = (
         validation.check_record,
         validation.find_direct_identifier,
