@@ -73,6 +73,14 @@ MAX_JUDGED_BATCHES = 4  # batches with a judge at once: bounds memory and latenc
 # than that then waits for records with nothing to do (measured: about 0.7 s of every second
 # idle, docs/performance.md). 20 ms keeps the queue fed at the cost of a few more wake-ups.
 FETCH_QUEUE_BACKOFF_MS = 20
+# A lane past its share of max_buffer_bytes first holds the loop: it stops taking records
+# from the consumer's queue (librdkafka stops fetching once that queue is full) while the
+# stores drain. Only past this long does it pause the partitions: a pause throws away what
+# librdkafka has fetched and resuming waits for a new fetch (about 0.5 s each time, measured
+# in the benchmark), while a hold costs nothing; but a held loop serves no rebalance, so a
+# long wait goes back to pausing, which does.
+HOLD_BEFORE_PAUSE_S = 1.0
+HOLD_WAIT_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -275,6 +283,7 @@ class Replicator:
         self.last_loop_at = time.monotonic()
         self.broker_up = False
         self._max_lane_bytes = settings.max_buffer_bytes // max(len(self.lanes), 1)
+        self._held_since: float | None = None  # since when a full lane holds the loop
         self._judges: ProcessPoolExecutor | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         self._copier = ThreadPoolExecutor(max_workers=4, thread_name_prefix="copy")
@@ -388,10 +397,13 @@ class Replicator:
         now = time.monotonic()
         self.last_loop_at = now
         busy = any(ln.catchup is not None for ln in self.lanes)
-        msgs = consumer.consume(num_messages=2000, timeout=0.0 if busy else 0.05)
-        if msgs:
-            self.broker_up = True
-        self._take_live(msgs)
+        if self._holding(now):
+            time.sleep(HOLD_WAIT_S)  # the stores drain on their threads meanwhile
+        else:
+            msgs = consumer.consume(num_messages=2000, timeout=0.0 if busy else 0.05)
+            if msgs:
+                self.broker_up = True
+            self._take_live(msgs)
         self._apply_judged(wait=False)
         for lane in self.lanes:
             if lane.catchup is not None and lane.mode is LaneMode.UP:
@@ -1244,8 +1256,20 @@ class Replicator:
             low = min((ln.positions.get(tp, 0) for ln in self.lanes), default=0)
             state.plan.trim_below(low)
 
+    def _holding(self, now: float) -> bool:
+        """True while a lane taking live records is past its share of the buffer, for at
+        most HOLD_BEFORE_PAUSE_S; `_apply_pause` pauses its partitions after that."""
+        full = any(ln.live and ln.pending_bytes > self._max_lane_bytes for ln in self.lanes)
+        if not full:
+            self._held_since = None
+            return False
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since < HOLD_BEFORE_PAUSE_S
+
     def _apply_pause(self, consumer: Consumer) -> None:
-        """Pause a partition no lane takes, or whose only lanes are full; resume otherwise.
+        """Pause a partition no lane takes, or whose lanes have been full for
+        HOLD_BEFORE_PAUSE_S (until then the loop holds, see `_holding`); resume otherwise.
         Past a lane's share of the buffer, a lane is dropped to catch up only when another
         lane keeps up (its queue under half its share): when every lane's queue grows
         together, the bottleneck is shared (encoding, this process's CPU), and pausing the
@@ -1260,9 +1284,11 @@ class Replicator:
                 self.lane(name), "too slow: its queue passed its share of max_buffer_bytes"
             )
         to_pause, to_resume = [], []
+        held = self._held_since is not None
+        held_long = held and time.monotonic() - (self._held_since or 0.0) >= HOLD_BEFORE_PAUSE_S
         for tp, state in self.parts.items():
             takers = [ln for ln in self.lanes if tp in ln.live]
-            full = any(ln.pending_bytes > self._max_lane_bytes for ln in takers)
+            full = held_long and any(ln.pending_bytes > self._max_lane_bytes for ln in takers)
             should_pause = not state.ready or not takers or full
             if should_pause and not state.paused:
                 to_pause.append(KafkaTP(*tp))
