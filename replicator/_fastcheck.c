@@ -407,7 +407,7 @@ static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py
     return out;
 }
 
-/* accept(programs, items, max_bytes) -> (verdicts, envelopes)
+/* accept(programs, items, max_bytes, envelopes=True) -> (verdicts, envelopes)
  * programs: {schema id header as a big-endian int: Program}
  * items: list of (schema topic, value, offset, timestamp ms, key)
  * Each verdict is the program's (schema id, "", "") or None ("not sure"); each envelope is
@@ -416,8 +416,9 @@ static PyObject *accept(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *programs, *items;
     Py_ssize_t max_bytes;
-    if (!PyArg_ParseTuple(args, "O!O!n", &PyDict_Type, &programs, &PyList_Type, &items,
-                          &max_bytes))
+    int want_envelopes = 1;
+    if (!PyArg_ParseTuple(args, "O!O!n|p", &PyDict_Type, &programs, &PyList_Type, &items,
+                          &max_bytes, &want_envelopes))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *verdicts = PyList_New(n);
@@ -469,14 +470,16 @@ static PyObject *accept(PyObject *self, PyObject *args) {
             continue;
         }
         if (!body_passes(p, v + 5, v + len)) continue;
-        PyObject *made =
-            envelope(offset, ts, key == Py_None ? NULL : PyBytes_AS_STRING(key),
-                     key == Py_None ? 0 : PyBytes_GET_SIZE(key), (const char *)v + 5, len - 5);
-        if (made == NULL) goto error;
+        if (want_envelopes) {
+            PyObject *made = envelope(offset, ts, key == Py_None ? NULL : PyBytes_AS_STRING(key),
+                                      key == Py_None ? 0 : PyBytes_GET_SIZE(key),
+                                      (const char *)v + 5, len - 5);
+            if (made == NULL) goto error;
+            PyList_SET_ITEM(envelopes, i, made);
+            Py_DECREF(Py_None);
+        }
         Py_INCREF(p->verdict);
         PyList_SET_ITEM(verdicts, i, p->verdict);
-        Py_DECREF(Py_None);
-        PyList_SET_ITEM(envelopes, i, made);
         Py_DECREF(Py_None);
     }
     return Py_BuildValue("(NN)", verdicts, envelopes);
@@ -486,12 +489,86 @@ error:
     return NULL;
 }
 
+/* envelopes(records, branches) -> list of bytes
+ * records: sequence of container.RawRecord (offset, timestamp_ms, key, body, envelope);
+ * branches: the union branch of each record (0 <= branch < 64). The bytes of
+ * container.encode_record(record, branch) for each: a record's own envelope where it has one
+ * and its branch is 0, else one made from its fields. */
+static PyObject *envelopes(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *records, *branches;
+    if (!PyArg_ParseTuple(args, "OO", &records, &branches)) return NULL;
+    PyObject *rf = PySequence_Fast(records, "records must be a sequence");
+    if (rf == NULL) return NULL;
+    PyObject *bf = PySequence_Fast(branches, "branches must be a sequence");
+    if (bf == NULL) {
+        Py_DECREF(rf);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(rf);
+    PyObject *out = NULL;
+    if (PySequence_Fast_GET_SIZE(bf) != n) {
+        PyErr_SetString(PyExc_ValueError, "one branch per record");
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PySequence_Fast_GET_ITEM(rf, i);
+        long branch = PyLong_AsLong(PySequence_Fast_GET_ITEM(bf, i));
+        if (branch == -1 && PyErr_Occurred()) goto fail;
+        if (branch < 0 || branch >= 64) {
+            PyErr_SetString(PyExc_ValueError, "branch out of range");
+            goto fail;
+        }
+        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != 5) {
+            PyErr_SetString(PyExc_TypeError, "records must be RawRecord tuples");
+            goto fail;
+        }
+        PyObject *own = PyTuple_GET_ITEM(record, 4);
+        if (branch == 0 && PyBytes_CheckExact(own)) {
+            Py_INCREF(own);
+            PyList_SET_ITEM(out, i, own);
+            continue;
+        }
+        PyObject *key = PyTuple_GET_ITEM(record, 2), *body = PyTuple_GET_ITEM(record, 3);
+        if (!PyBytes_Check(body) || (key != Py_None && !PyBytes_Check(key))) {
+            PyErr_SetString(PyExc_TypeError, "key and body must be bytes");
+            goto fail;
+        }
+        long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(record, 0));
+        if (offset == -1 && PyErr_Occurred()) goto fail;
+        long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(record, 1));
+        if (ts == -1 && PyErr_Occurred()) goto fail;
+        PyObject *made = envelope(offset, ts, key == Py_None ? NULL : PyBytes_AS_STRING(key),
+                                  key == Py_None ? 0 : PyBytes_GET_SIZE(key),
+                                  PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
+        if (made == NULL) goto fail;
+        if (branch != 0) {
+            /* the branch byte sits right before the body: 2 * branch for branch < 64 */
+            PyBytes_AS_STRING(made)[PyBytes_GET_SIZE(made) - PyBytes_GET_SIZE(body) - 1] =
+                (char)(2 * branch);
+        }
+        PyList_SET_ITEM(out, i, made);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_DECREF(rf);
+    Py_DECREF(bf);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"compile", compile_program, METH_VARARGS,
      "compile(topic, verdict, ops, first_year, min_date_days, day_ms, year_start_ms, "
      "lowest_day) -> program"},
     {"accept", accept, METH_VARARGS,
-     "accept(programs, items, max_bytes) -> (verdicts, envelopes); None where not sure"},
+     "accept(programs, items, max_bytes, envelopes=True) -> (verdicts, envelopes); None "
+     "where not sure (envelopes: all None when not asked for)"},
+    {"envelopes", envelopes, METH_VARARGS,
+     "envelopes(records, branches) -> the envelope bytes of each record (encode_record)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -206,11 +206,12 @@ class Settings(BaseSettings):
         "lagging store is dropped from the live stream and catches up from Kafka",
     )
     decode_workers: int = Field(
-        default=1,
+        default=0,
         ge=0,
         le=64,
         description="Worker processes that decode and check records beside the main loop "
-        "(0: decode in the main loop); about one per spare CPU core",
+        "(0: in the main loop, where the compiled fast path judges a record in less time "
+        "than handing it to another process takes; see docs/performance.md)",
     )
     write_concurrency: int = Field(default=4, ge=1, le=64, description="Concurrent puts per store")
     commit_interval_s: float = Field(

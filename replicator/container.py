@@ -29,11 +29,17 @@ import io
 import json
 import zlib
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
 from typing import NamedTuple, cast
 
 import fastavro
+
+_native_envelopes: Callable[[Sequence[RawRecord], Sequence[int]], list[bytes]] | None
+try:  # the compiled extension (setup.py); the Python code below makes the same bytes
+    from replicator._fastcheck import envelopes as _native_envelopes
+except ImportError:  # pragma: no cover - a build without the extension
+    _native_envelopes = None
 
 MAGIC = b"Obj\x01"
 BLOCK_TARGET_BYTES = 1024 * 1024  # raw bytes per container block (deterministic: by content)
@@ -262,6 +268,14 @@ def _encoded_records(
         encoded = [record.envelope for record in records]
         if None not in encoded and set(schema_ids) == branches.keys():
             return cast(list[bytes], encoded)
+    if _native_envelopes is not None and len(branches) <= 64:
+        try:
+            per_record = [branches[sid] for sid in schema_ids]
+        except KeyError as exc:
+            raise ValueError(f"no schema given for schema id {exc.args[0]}") from None
+        if len(per_record) != len(records):
+            raise ValueError("one schema id per record")
+        return _native_envelopes(records, per_record)
     out: list[bytes] = []
     append = out.append
     for record, sid in zip(records, schema_ids, strict=True):

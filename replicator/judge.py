@@ -61,11 +61,10 @@ Item = tuple[str, bytes | None, int, int, bytes | None]  # schema topic, value, 
 
 
 def judge_items(
-    registry: SchemaRegistry, items: list[Item], max_bytes: int
+    registry: SchemaRegistry, items: list[Item], max_bytes: int, envelopes: bool = True
 ) -> tuple[list[Verdict], list[bytes | None]]:
     """The verdict of each item, in order, and for each good one its envelope record
-    (`container.encode_envelope`, first branch): encoding it here, where decoding already
-    happens, keeps that per-record work off the service's main thread.
+    (`container.encode_envelope`, first branch) when `envelopes` is set (else all None).
 
     Three paths, fastest first; a verdict never depends on the path taken:
 
@@ -76,13 +75,14 @@ def judge_items(
        verdicts to `check_record`);
     3. anything else goes through `judge`, which names the reason."""
     programs = _programs(registry)
+    made: list[bytes | None]
     if programs is None:
         verdicts: list[Verdict | None] = [None] * len(items)
-        envelopes: list[bytes | None] = [None] * len(items)
+        made = [None] * len(items)
     else:
         native = extension()
         assert native is not None
-        verdicts, envelopes = native.accept(programs, items, max_bytes)
+        verdicts, made = native.accept(programs, items, max_bytes, envelopes)
     by_header = registry.by_header()
     checkers = _checkers(registry)
     for index, native_verdict in enumerate(verdicts):
@@ -113,10 +113,10 @@ def judge_items(
                 else (None, violation.reason, violation.detail)
             )
         verdicts[index] = verdict
-        if verdict[0] is not None:
+        if envelopes and verdict[0] is not None:
             assert value is not None
-            envelopes[index] = encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
-    return cast(list[Verdict], verdicts), envelopes
+            made[index] = encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
+    return cast(list[Verdict], verdicts), made
 
 
 _compiled: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, Checker]] = (
@@ -145,10 +145,12 @@ def _checkers(registry: SchemaRegistry) -> dict[int, Checker]:
     return checkers
 
 
-def judge_batch(items: list[Item]) -> tuple[list[Verdict], list[bytes | None]]:
+def judge_batch(
+    items: list[Item], envelopes: bool = True
+) -> tuple[list[Verdict], list[bytes | None]]:
     """In a worker: `judge_items` with the worker's registry."""
     assert _registry is not None, "worker not initialised"
-    return judge_items(_registry, items, _max_bytes)
+    return judge_items(_registry, items, _max_bytes, envelopes)
 
 
 def _ready() -> None:

@@ -519,11 +519,16 @@ class Replicator:
             )
         if not taken:
             return
+        # No envelopes: a chunk's are made when it is encoded (`container`, in C), so that
+        # an open chunk holds each record's body once, not twice (peak RSS).
         if self._judges is None:
-            judged = judge_items(self.registry, items, self.settings.max_record_bytes)
-            self._apply_batch(taken, states, items, *judged)
+            verdicts, _none = judge_items(
+                self.registry, items, self.settings.max_record_bytes, envelopes=False
+            )
+            self._apply_batch(taken, states, items, verdicts)
             return
-        self._judged.append((taken, states, items, self._judges.submit(judge_batch, items)))
+        future = self._judges.submit(judge_batch, items, False)
+        self._judged.append((taken, states, items, future))
 
     def _apply_judged(self, wait: bool) -> None:
         """Apply the verdicts of finished batches, oldest first (all of them when `wait`)."""
@@ -531,7 +536,7 @@ class Replicator:
             wait or self._judged[0][3].done() or len(self._judged) > MAX_JUDGED_BATCHES
         ):
             taken, states, items, future = self._judged.popleft()
-            self._apply_batch(taken, states, items, *future.result())
+            self._apply_batch(taken, states, items, future.result()[0])
 
     def _drop_judged(self) -> None:
         """Forget batches judged for partition states that no longer exist (a rebalance or a
@@ -546,7 +551,6 @@ class Replicator:
         states: list[PartitionState],
         items: list[Item],
         verdicts: list[Verdict],
-        envelopes: list[bytes | None],
     ) -> None:
         """Chunk a judged batch, in order: good records are kept, bad ones dead-lettered.
         A record of a partition state that was replaced since (a rebalance, a seek) or that
@@ -558,8 +562,8 @@ class Replicator:
         taken = 0
         current: PartitionState | None = None
         valid = False
-        batch = zip(msgs, states, items, verdicts, envelopes, strict=True)
-        for msg, state, (_topic, value, offset, timestamp_ms, key), verdict, envelope in batch:
+        batch = zip(msgs, states, items, verdicts, strict=True)
+        for msg, state, (_topic, value, offset, timestamp_ms, key), verdict in batch:
             if state is not current:
                 current = state
                 valid = state.ready and parts.get(state.tp) is state
@@ -572,7 +576,7 @@ class Replicator:
             schema_id = verdict[0]
             record: RawRecord | None
             if schema_id is not None:
-                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:], envelope)
+                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:])
             else:
                 record, _none = self._apply_verdict(msg, verdict, live=True)
             try:

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.checks_native import compiled, extension, native_programs, program_ops
-from replicator.container import encode_envelope, zigzag_varint
+from replicator.container import RawRecord, encode_envelope, encode_record, zigzag_varint
 from replicator.judge import GOOD, Item, judge, judge_items
 from replicator.schemas import HEADER_SIZE, RegisteredSchema, encode_wire
 from replicator.synthetic import BAD_KINDS, BadKind, SyntheticSource
@@ -379,3 +379,45 @@ def test_items_that_do_not_fit_are_left_to_python() -> None:
     assert verdicts == [None] * len(cases)
     verdicts, _envelopes = _module().accept(PROGRAMS, [(schema.topic, good, 1, 2, None)], 64)
     assert verdicts == [None]  # longer than max_bytes
+
+
+# --- envelopes made by the extension for the container -------------------------------------
+
+_RECORDS = st.builds(
+    RawRecord,
+    offset=st.integers(0, (1 << 63) - 1),
+    timestamp_ms=st.integers(-(1 << 63), (1 << 63) - 1),
+    key=st.one_of(st.none(), st.binary(max_size=300)),
+    body=st.binary(max_size=300),
+)
+
+
+@FUZZ
+@given(
+    records=st.lists(
+        st.tuples(_RECORDS, st.integers(0, 63), st.booleans()), min_size=0, max_size=30
+    )
+)
+def test_envelopes_are_those_of_encode_record(records: list[tuple[RawRecord, int, bool]]) -> None:
+    """Every branch, key and varint length; with or without the envelope a decode worker
+    made (branch 0), which is used as it is."""
+    chunk = [
+        record._replace(envelope=encode_record(record, 0)) if made else record
+        for record, _branch, made in records
+    ]
+    branches = [branch for _record, branch, _made in records]
+    assert _module().envelopes(chunk, branches) == [
+        encode_record(record, branch) for record, branch in zip(chunk, branches, strict=True)
+    ]
+
+
+def test_envelopes_refuse_what_encode_record_cannot_take() -> None:
+    record = RawRecord(1, 2, None, b"x")
+    with pytest.raises(ValueError, match="one branch per record"):
+        _module().envelopes([record], [])
+    with pytest.raises(ValueError, match="branch out of range"):
+        _module().envelopes([record], [64])
+    with pytest.raises(TypeError):
+        _module().envelopes([record._replace(body="x")], [0])  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        _module().envelopes([record._replace(offset=1 << 64)], [0])

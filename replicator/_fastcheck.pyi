@@ -1,0 +1,30 @@
+"""Types of the compiled extension (replicator/_fastcheck.c)."""
+
+from collections.abc import Sequence
+
+from replicator.container import RawRecord
+
+YEARS: int
+SLOTS: int
+
+class _Program: ...
+
+def compile(
+    topic: str,
+    verdict: tuple[int, str, str],
+    ops: Sequence[tuple[int, int, int, int, int, int, bytes | None]],
+    first_year: int,
+    min_date_days: int,
+    day_ms: int,
+    year_start_ms: Sequence[int],
+    lowest_day: Sequence[int],
+    /,
+) -> _Program: ...
+def accept(
+    programs: dict[int, _Program],
+    items: list[tuple[str, bytes | None, int, int, bytes | None]],
+    max_bytes: int,
+    envelopes: bool = ...,
+    /,
+) -> tuple[list[tuple[int, str, str] | None], list[bytes | None]]: ...
+def envelopes(records: Sequence[RawRecord], branches: Sequence[int], /) -> list[bytes]: ...
