@@ -8,8 +8,9 @@ workload over both topics with the project's own schemas, then measures:
 - raw consume: a bare confluent-kafka consumer reading every record (the ceiling);
 - end to end: `replicator run` (a real process) from start until both stores' groups have
   committed everything, with its peak RSS;
-- catch-up: the same, with one store stopped during the first half and restarted; the time
-  the stopped store then needs to hold everything, and its rate;
+- catch-up: the same, with one store stopped during the first half and restarted while
+  live records flow (--live-rate, until it has caught up); the time the stopped store then
+  needs to hold everything, live records included, and its rate;
 - replay: one store's group reset to the beginning; the time until it has driven the whole
   workload again (nothing new is created), and its rate.
 
@@ -424,20 +425,25 @@ def main() -> None:
             service = Service(settings, log_dir, name="catchup").start()
             half = {tp: end // 2 for tp, end in ends.items()}
             wait_groups(settings, [settings.progress_group("s3")], half, service, rss)
-            live = total // 4
+            # Live records flow at `live_rate` for the whole catch-up: from the restart until
+            # the stopped store holds what it missed; then the producer stops, and the time
+            # runs until the store also holds every live record. (A fixed number of live
+            # records would make the producer's own duration the floor of the measure.)
             live_rate = args.live_rate
             produced: list[ProduceReport] = []
+            stop_live = threading.Event()
             producer = threading.Thread(
                 target=lambda: produced.append(
                     produce(
                         base.kafka_common(),
                         list(DEMO_TOPICS),
-                        live,
+                        None,
                         live_rate,
                         43,
                         0.001,
                         None,
                         SchemaRegistry.load(base.schemas_dir),
+                        stop=stop_live,
                     )
                 )
             )
@@ -449,7 +455,11 @@ def main() -> None:
                 end - max(reader.committed(list(ends)).get(tp, 0), 0) for tp, end in ends.items()
             )
             reader.close()
-            producer.join()
+            try:
+                wait_groups(settings, [settings.progress_group("azure")], ends, service, rss)
+            finally:
+                stop_live.set()
+                producer.join()
             assert produced, "the live producer failed"
             final = dict(ends)
             for tp, end in produced[0].end_offsets.items():
