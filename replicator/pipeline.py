@@ -52,12 +52,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator import __version__
+from replicator.checks_native import extension
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
 from replicator.config import Settings
 from replicator.container import RawRecord, encode_container, object_metadata
 from replicator.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.errors import ConflictError, StoreError
-from replicator.judge import Item, Verdict, judge, judge_batch, judge_items, start_pool
+from replicator.judge import Item, Verdict, judge_batch, judge_items, start_pool
 from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
 from replicator.logs import EventBudget, fields
 from replicator.metrics import Metrics
@@ -326,6 +327,14 @@ class Replicator:
                 version=__version__, stores=[ln.name for ln in self.lanes], topics=s.topics
             ),
         )
+        if extension() is None:
+            log.warning(
+                "compiled_checks_missing",
+                extra=fields(
+                    detail="replicator._fastcheck is not built (pip install builds it): "
+                    "records are judged in Python, same verdicts, several times slower"
+                ),
+            )
         for lane in self.lanes:
             lane.progress = ProgressLog(self.kafka_conf, s.progress_group(lane.name))
             self.metrics.store_up.labels(lane.name).set(0)
@@ -425,16 +434,6 @@ class Replicator:
         if now - self._last_commit >= self.settings.commit_interval_s:
             self._commit()
 
-    def _verdict_inline(self, msg: Message) -> Verdict:
-        topic = msg.topic()
-        assert topic is not None
-        return judge(
-            self.registry,
-            self.settings.schema_topic(topic),
-            msg.value(),
-            self.settings.max_record_bytes,
-        )
-
     def _apply_verdict(
         self, msg: Message, verdict: Verdict, live: bool
     ) -> tuple[RawRecord | None, int | None]:
@@ -481,9 +480,22 @@ class Replicator:
                 )
         return None, None
 
-    def _decode(self, msg: Message, live: bool) -> tuple[RawRecord | None, int | None]:
-        """Decode and check one record here: (record, schema id), or (None, None) when bad."""
-        return self._apply_verdict(msg, self._verdict_inline(msg), live)
+    def _judge_now(self, msgs: list[Message]) -> list[Verdict]:
+        """The verdicts of these messages, judged here in one batch (the compiled fast path
+        takes the good ones; see `judge_items`)."""
+        items: list[Item] = []
+        for msg in msgs:
+            topic = cast(str, msg.topic())
+            items.append(
+                (
+                    self._schema_topics.get(topic, topic),
+                    msg.value(),
+                    cast(int, msg.offset()),
+                    msg.timestamp()[1],
+                    msg.key(),
+                )
+            )
+        return judge_items(self.registry, items, self.settings.max_record_bytes, False)[0]
 
     def _take_live(self, msgs: list[Message]) -> None:
         """Hand consumed records to the judge: a worker process when configured (the batch's
@@ -850,11 +862,12 @@ class Replicator:
                 )
                 if lane.pending_bytes > self._max_lane_bytes // 2:
                     return  # more to copy once these are written: Kafka can wait
-        msgs = catchup.consumer.consume(num_messages=2000, timeout=0.0)
+        msgs = [
+            m for m in catchup.consumer.consume(num_messages=2000, timeout=0.0) if not m.error()
+        ]
+        verdicts = self._judge_now(msgs)
         done: list[TP] = []
-        for msg in msgs:
-            if msg.error() is not None:
-                continue
+        for msg, verdict in zip(msgs, verdicts, strict=True):
             topic, partition, offset = coords(msg)
             tp = (topic, partition)
             chunker = catchup.chunkers.get(tp)
@@ -865,7 +878,7 @@ class Replicator:
             if offset >= boundary:
                 chunks = chunker.cut_at_boundary(boundary)
             else:
-                record, schema_id = self._decode(msg, live=False)
+                record, schema_id = self._apply_verdict(msg, verdict, live=False)
                 try:
                     chunks = chunker.add(offset, record, schema_id, time.monotonic())
                 except PlanConflict as exc:
