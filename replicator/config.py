@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     )
     chunk_max_bytes: int = Field(
         description="A chunk's raw Avro record bodies add up to at most this many bytes (a single larger record gets a chunk of its own)",
-        default=8 * 1024 * 1024,
+        default=4 * 1024 * 1024,
         ge=1024,
     )
     chunk_window_s: int = Field(
