@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Final
 
+from replicator.checks_compiled import _LOWEST_DAY, _YEAR_START_MS, _holds_no_nir
 from replicator.schemas import RegisteredSchema, SchemaRegistry
 from replicator.validation import (
     _AMOUNT_SUFFIX,
@@ -35,14 +36,11 @@ from replicator.validation import (
     _FIRST_YEAR,
     _HEX_FIELDS,
     _LAST_YEAR,
-    _NIR_MIN_LENGTH,
-    _YEAR_STARTS,
     DAY_MS,
     MAX_EVENT_MS,
     MIN_BIRTH_YEAR,
     MIN_DATE_DAYS,
     MIN_EVENT_MS,
-    _find_nir_fast,
 )
 
 # Wire kinds, rules and slots: the enums at the top of _fastcheck.c, in the same order.
@@ -122,10 +120,6 @@ def _wire(node: Any, named: Mapping[str, Any]) -> tuple[int, str, list[str] | No
     return -1, kind[0], kind[1]
 
 
-def _holds_no_nir(symbol: str) -> bool:
-    return len(symbol) < _NIR_MIN_LENGTH or _find_nir_fast(symbol) is None
-
-
 def program_ops(schema: RegisteredSchema) -> list[Op] | None:
     """The extension's program for records of ``schema``, or None: Python path only."""
     if set(_DATE_FIELDS) - set(_DATE_SLOTS) != {"dispensing_date"}:
@@ -186,10 +180,6 @@ def extension() -> ModuleType | None:
         return importlib.import_module("replicator._fastcheck")
     except ImportError:
         return None
-
-
-_YEAR_START_MS: Final = tuple(days * DAY_MS for days in _YEAR_STARTS)
-_LOWEST_DAY: Final = tuple(max(MIN_DATE_DAYS, days) for days in _YEAR_STARTS)
 
 
 def compiled(module: ModuleType, schema: RegisteredSchema) -> object | None:

@@ -17,6 +17,7 @@ import weakref
 from concurrent.futures import ProcessPoolExecutor
 from io import BytesIO
 from pathlib import Path
+from types import ModuleType
 from typing import cast
 
 from fastavro import schemaless_reader
@@ -74,15 +75,14 @@ def judge_items(
        objects, then the checks compiled for its writer schema (`checks_compiled`, identical
        verdicts to `check_record`);
     3. anything else goes through `judge`, which names the reason."""
-    programs = _programs(registry)
+    native = _programs(registry)
     made: list[bytes | None]
-    if programs is None:
+    if native is None:
         verdicts: list[Verdict | None] = [None] * len(items)
         made = [None] * len(items)
     else:
-        native = extension()
-        assert native is not None
-        verdicts, made = native.accept(programs, items, max_bytes, envelopes)
+        module, programs = native
+        verdicts, made = module.accept(programs, items, max_bytes, envelopes)
     by_header = registry.by_header()
     checkers = _checkers(registry)
     for index, native_verdict in enumerate(verdicts):
@@ -124,15 +124,15 @@ _compiled: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, Checker]] = (
 )
 
 
-_native: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, object] | None] = (
-    weakref.WeakKeyDictionary()
-)
+_Native = tuple[ModuleType, dict[int, object]]
+_native: weakref.WeakKeyDictionary[SchemaRegistry, _Native | None] = weakref.WeakKeyDictionary()
 
 
-def _programs(registry: SchemaRegistry) -> dict[int, object] | None:
-    """The compiled extension's programs for `registry`, made once; None without it."""
+def _programs(registry: SchemaRegistry) -> _Native | None:
+    """The compiled extension and its programs for `registry`, made once; None without it."""
     if registry not in _native:
-        _native[registry] = native_programs(registry)
+        module, programs = extension(), native_programs(registry)
+        _native[registry] = None if module is None or programs is None else (module, programs)
     return _native[registry]
 
 
