@@ -27,7 +27,7 @@ RUN python -m venv /opt/build \
  && /opt/build/bin/pip --python /opt/venv/bin/python install \
         --no-deps --require-hashes --only-binary=:all: -r requirements.lock
 
-# A C compiler for the judge's compiled fast path (replicator/_fastcheck.c); this stage only,
+# A C compiler for the judge's compiled fast path (replicator/judge/_fastcheck.c); this stage only,
 # the runtime image gets the built wheel.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -37,7 +37,7 @@ COPY pyproject.toml setup.py ./
 COPY replicator ./replicator
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && /opt/build/bin/pip --python /opt/venv/bin/python install --no-deps /wheels/replicator-*.whl \
- && /opt/venv/bin/python -c "import replicator._fastcheck" \
+ && /opt/venv/bin/python -c "import replicator.judge._fastcheck" \
  && /opt/venv/bin/replicator version
 
 # ---- runtime: the venv, the schemas and an unprivileged user ----------------------------

@@ -32,7 +32,7 @@ setup: $(PIP_STAMP) $(AZURITE_STAMP) $(PROMETHEUS_STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(PIP_STAMP): pyproject.toml setup.py replicator/_fastcheck.c | $(PY)
+$(PIP_STAMP): pyproject.toml setup.py replicator/judge/_fastcheck.c | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
@@ -97,13 +97,13 @@ demo: setup
 	$(PY) -m replicator demo
 
 stack-up: setup
-	$(PY) -m replicator.cli_stack up --root $(STACK_ROOT)
+	$(PY) -m replicator.cli.stack up --root $(STACK_ROOT)
 
 stack-down:
-	@if [ -x $(PY) ]; then $(PY) -m replicator.cli_stack down --root $(STACK_ROOT); fi
+	@if [ -x $(PY) ]; then $(PY) -m replicator.cli.stack down --root $(STACK_ROOT); fi
 
 stack-status:
-	$(PY) -m replicator.cli_stack status --root $(STACK_ROOT)
+	$(PY) -m replicator.cli.stack status --root $(STACK_ROOT)
 
 clean: stack-down
 	rm -rf $(STACK_ROOT) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist

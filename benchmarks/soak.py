@@ -36,7 +36,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replicator.config import Settings
-from replicator.stack import DEMO_TOPICS, LocalStack, StackPorts
+from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
 from tests.support.checker import (
     StreamingCheck,
     digest_topics,

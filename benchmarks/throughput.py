@@ -40,9 +40,9 @@ from pydantic import SecretStr, create_model
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replicator.config import Settings
-from replicator.produce import ProduceReport, produce
+from replicator.devtools.produce import ProduceReport, produce
+from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
 from replicator.schemas import SchemaRegistry
-from replicator.stack import DEMO_TOPICS, LocalStack, StackPorts
 from tests.support.service import Progress, Service
 
 TP = tuple[str, int]

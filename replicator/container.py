@@ -37,7 +37,7 @@ import fastavro
 
 _native_envelopes: Callable[[Sequence[RawRecord], Sequence[int]], list[bytes]] | None
 try:  # the compiled extension (setup.py); the Python code below makes the same bytes
-    from replicator._fastcheck import envelopes as _native_envelopes
+    from replicator.judge._fastcheck import envelopes as _native_envelopes
 except ImportError:  # pragma: no cover - a build without the extension
     _native_envelopes = None
 

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from replicator.config import Settings
-from replicator.stack import (
+from replicator.devtools.stack import (
     DEMO_BUCKET,
     DEMO_CONTAINER,
     DEMO_DEAD_LETTER_TOPIC,

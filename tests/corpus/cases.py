@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
+from replicator.devtools.synthetic import SyntheticSource
 from replicator.schemas import RegisteredSchema, SchemaRegistry, encode_wire
-from replicator.synthetic import SyntheticSource
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 REIMB, PRESC = "snds.reimbursements", "snds.prescriptions"

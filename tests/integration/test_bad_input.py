@@ -13,8 +13,8 @@ import pytest
 from confluent_kafka import Producer
 
 from replicator.config import Settings
+from replicator.devtools.synthetic import SyntheticSource
 from replicator.schemas import SchemaRegistry
-from replicator.synthetic import SyntheticSource
 from tests.corpus.cases import NEAR_MISSES, VALID_NIRS, Case, cases
 from tests.support.checker import (
     azure_objects,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from replicator.config import Settings
-from replicator.cutover import RECORD_KEY, REPORT_KEY, retired_stores
 from replicator.errors import StoreError
-from replicator.repair import run_repair
-from replicator.verify import VerifyOptions
+from replicator.ops.cutover import RECORD_KEY, REPORT_KEY, retired_stores
+from replicator.ops.repair import run_repair
+from replicator.ops.verify import VerifyOptions
 from tests.support.ops import cli, keys, md5s, ops, replicate
 from tests.support.produce import produce_records
 from tests.support.service import Progress, Service, wait_committed

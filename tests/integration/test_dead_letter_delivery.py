@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from replicator.deadletter import H_OFFSET, DeadLetterError, DeadLetterWriter
+from replicator.kafka.deadletter import H_OFFSET, DeadLetterError, DeadLetterWriter
 from tests.support.broker import HOST, free_port, own_tansu
 
 pytestmark = pytest.mark.integration

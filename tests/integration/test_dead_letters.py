@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from replicator.config import Settings
-from replicator.synthetic import BAD_KINDS, EXPECTED_REASON
+from replicator.devtools.synthetic import BAD_KINDS, EXPECTED_REASON
 from tests.integration.test_replication import PARTITIONS, assert_replicated, groups
 from tests.support.checker import read_topic
 from tests.support.produce import produce_records

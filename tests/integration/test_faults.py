@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from replicator.config import Settings
-from replicator.stack import DEMO_TOPICS, LocalStack
+from replicator.devtools.stack import DEMO_TOPICS, LocalStack
 from tests.support.checker import (
     KafkaRecord,
     azure_objects,

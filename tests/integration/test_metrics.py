@@ -45,10 +45,10 @@ import pytest
 from confluent_kafka import Producer
 
 from replicator.config import Settings
-from replicator.produce import produce
+from replicator.devtools.produce import produce
+from replicator.devtools.stack import AZURITE_ACCOUNT, AZURITE_KEY, LocalStack
+from replicator.devtools.synthetic import SyntheticSource
 from replicator.schemas import SchemaRegistry
-from replicator.stack import AZURITE_ACCOUNT, AZURITE_KEY, LocalStack
-from replicator.synthetic import SyntheticSource
 from tests.support.monitoring import dashboard_queries, rules_with_for, substitute, tool
 from tests.support.service import Service
 

@@ -19,12 +19,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
-from replicator.cli_produce import app
+from replicator.cli.produce import app
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.produce import ProduceError, produce
+from replicator.devtools.produce import ProduceError, produce
+from replicator.devtools.synthetic import BAD_KINDS, EXPECTED_REASON
+from replicator.judge.rules import check_record
 from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
-from replicator.synthetic import BAD_KINDS, EXPECTED_REASON
-from replicator.validation import check_record
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 TOPICS = ["snds.reimbursements", "snds.prescriptions"]

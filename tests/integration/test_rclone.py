@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from replicator.config import Settings
-from replicator.rclone import rclone_check
+from replicator.ops.rclone import rclone_check
 from tests.support.ops import cli, keys, ops, replace
 from tests.support.produce import produce_records
 from tests.support.service import Service, wait_committed

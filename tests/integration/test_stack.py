@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import replicator.stack as stack_module
-from replicator.cli_stack import app
+import replicator.devtools.stack as stack_module
+from replicator.cli.stack import app
 from replicator.config import load_settings
-from replicator.errors import ReplicatorError
-from replicator.stack import (
+from replicator.devtools.stack import (
     ENV_KEYS,
     SERVICES,
     FreshNames,
@@ -28,6 +27,7 @@ from replicator.stack import (
     pid_alive,
     port_open,
 )
+from replicator.errors import ReplicatorError
 
 REQUIRED_ENV_KEYS = {
     "kafka_bootstrap",

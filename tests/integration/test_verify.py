@@ -13,7 +13,7 @@ import pytest
 
 from replicator.config import Settings
 from replicator.keys import object_key
-from replicator.verify import VerifyOptions, run_verify
+from replicator.ops.verify import VerifyOptions, run_verify
 from tests.support.checker import (
     azure_objects,
     compare,

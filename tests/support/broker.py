@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from replicator.stack import tansu_binary
+from replicator.devtools.stack import tansu_binary
 
 HOST = "127.0.0.1"
 

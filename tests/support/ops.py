@@ -18,8 +18,8 @@ from replicator.chunking import Chunk
 from replicator.config import Settings
 from replicator.container import RawRecord
 from replicator.keys import parse_key, partition_prefix
-from replicator.opsctx import OpsContext
-from replicator.pipeline import Replicator, encode_chunk
+from replicator.ops.context import OpsContext
+from replicator.pipeline.service import Replicator, encode_chunk
 from replicator.schemas import SchemaRegistry
 from replicator.stores.factory import build_stores
 from tests.support.service import settings_env

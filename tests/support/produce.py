@@ -10,9 +10,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from replicator.config import Settings
-from replicator.produce import produce
+from replicator.devtools.produce import produce
+from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
 from replicator.schemas import SchemaRegistry
-from replicator.synthetic import BAD_KINDS, BadKind, SyntheticSource
 from tests.support.checker import KafkaRecord
 
 TP = tuple[str, int]

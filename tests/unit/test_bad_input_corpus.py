@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from replicator.judge.rules import check_record
 from replicator.schemas import DecodeError, decode_wire
-from replicator.validation import check_record
 from tests.corpus.cases import REGISTRY, VALID_NIRS, Case, cases, nir_key
 
 MAX_BYTES = 4096

@@ -15,8 +15,9 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from replicator import __version__, docs_gen
+from replicator import __version__
 from replicator.config import Settings, load_settings
+from replicator.devtools import docs_gen
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "replicator"
@@ -172,7 +173,7 @@ def test_schema_accepts_a_secret_setting_by_reference_in_extra_env() -> None:
 def test_schema_config_block_is_generated_from_the_settings() -> None:
     current = (CHART / "values.schema.json").read_text(encoding="utf-8")
     assert docs_gen.render_chart_schema(current) == current, (
-        "helm/replicator/values.schema.json is stale: run python -m replicator.docs_gen"
+        "helm/replicator/values.schema.json is stale: run python -m replicator.devtools.docs_gen"
     )
     config = json.loads(current)["properties"]["config"]
     assert config["additionalProperties"] is False
@@ -555,7 +556,9 @@ def test_keda_scales_the_deployment_on_store_lag(production: Manifests) -> None:
     assert trigger["type"] == "prometheus"
     metric = "replicator_store_lag_records"
     assert metric in trigger["metadata"]["query"]
-    assert f'"{metric}"' in (ROOT / "replicator" / "metrics.py").read_text(encoding="utf-8")
+    assert f'"{metric}"' in (ROOT / "replicator" / "telemetry" / "metrics.py").read_text(
+        encoding="utf-8"
+    )
     assert f'namespace="{NAMESPACE}"' in trigger["metadata"]["query"]
 
 

@@ -27,16 +27,8 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicator import validation
-from replicator.checks_compiled import DEPARTMENTS, _build, checker_for, checker_source
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.schemas import (
-    HEADER_SIZE,
-    RegisteredSchema,
-    SchemaRegistry,
-    _without_logical_types,
-)
-from replicator.synthetic import (
+from replicator.devtools.synthetic import (
     BAD_KINDS,
     EXPECTED_REASON,
     BadKind,
@@ -44,7 +36,9 @@ from replicator.synthetic import (
     cip13,
     random_nir,
 )
-from replicator.validation import (
+from replicator.judge import rules as validation
+from replicator.judge.compiled import DEPARTMENTS, _build, checker_for, checker_source
+from replicator.judge.rules import (
     _DEPARTMENT_RE,
     _LOWER_HEX,
     DAY_MS,
@@ -55,6 +49,12 @@ from replicator.validation import (
     _year_of_ms,
     _year_start_days,
     check_record,
+)
+from replicator.schemas import (
+    HEADER_SIZE,
+    RegisteredSchema,
+    SchemaRegistry,
+    _without_logical_types,
 )
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)

@@ -20,12 +20,11 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicator.checks_native import compiled, extension, native_programs, program_ops
 from replicator.container import RawRecord, encode_envelope, encode_record, zigzag_varint
-from replicator.judge import GOOD, Item, judge, judge_items
-from replicator.schemas import HEADER_SIZE, RegisteredSchema, encode_wire
-from replicator.synthetic import BAD_KINDS, BadKind, SyntheticSource
-from replicator.validation import (
+from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
+from replicator.judge.batch import GOOD, Item, judge, judge_items
+from replicator.judge.native import compiled, extension, native_programs, program_ops
+from replicator.judge.rules import (
     DAY_MS,
     MAX_EVENT_MS,
     MIN_DATE_DAYS,
@@ -34,6 +33,7 @@ from replicator.validation import (
     _year_start_days,
     check_record,
 )
+from replicator.schemas import HEADER_SIZE, RegisteredSchema, encode_wire
 from tests.unit.test_checks_compiled import (
     FUZZ,
     HAND_MADE,
@@ -52,7 +52,7 @@ NIR = "185057800608491"
 
 def _module() -> ModuleType:
     module = extension()
-    assert module is not None, "replicator._fastcheck is not built: run `make setup`"
+    assert module is not None, "replicator.judge._fastcheck is not built: run `make setup`"
     return module
 
 
@@ -138,8 +138,8 @@ def test_judge_items_gives_the_same_verdicts_with_and_without_the_extension(
             key, value, _schema = source.next_wire(topic)
         items.append((topic, value, index, 1_700_000_000_000 + index, key))
     with_extension = judge_items(REGISTRY, items, MAX_BYTES)
-    monkeypatch.setattr("replicator.judge.extension", lambda: None)
-    monkeypatch.setattr("replicator.judge._programs", lambda registry: None)
+    monkeypatch.setattr("replicator.judge.batch.extension", lambda: None)
+    monkeypatch.setattr("replicator.judge.batch._programs", lambda registry: None)
     assert judge_items(REGISTRY, items, MAX_BYTES) == with_extension
 
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import helm_python as helm
 import pytest
 
-from replicator import docs_gen
 from replicator.config import Settings, load_settings
+from replicator.devtools import docs_gen
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from replicator import docs_gen
 from replicator.config import Settings, load_settings
+from replicator.devtools import docs_gen
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_reference_is_up_to_date() -> None:
     assert REFERENCE.read_text(encoding="utf-8") == docs_gen.render(), (
-        "docs/configuration.md is stale: run `python -m replicator.docs_gen`"
+        "docs/configuration.md is stale: run `python -m replicator.devtools.docs_gen`"
     )
 
 

@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.schemas import DecodeError, SchemaRegistry, decode_wire, encode_wire
-from replicator.synthetic import SyntheticSource
-from replicator.validation import (
+from replicator.devtools.synthetic import SyntheticSource
+from replicator.judge.rules import (
     _find_nir_fast,
     check_record,
     find_direct_identifier,
     find_nir,
 )
+from replicator.schemas import DecodeError, SchemaRegistry, decode_wire, encode_wire
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 TOPICS = REGISTRY.topics()
@@ -158,7 +158,7 @@ def test_find_nir_never_crashes_and_the_fast_path_agrees(text: str) -> None:
 def test_a_nir_standing_alone_is_always_found(before: str, after: str, seed: int, sep: str) -> None:
     import random
 
-    from replicator.synthetic import random_nir
+    from replicator.devtools.synthetic import random_nir
 
     nir = random_nir(random.Random(seed))
     text = before + sep + nir + sep + after

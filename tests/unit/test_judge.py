@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
 from replicator.container import encode_envelope
-from replicator.judge import GOOD, Item, judge, judge_items
+from replicator.devtools.synthetic import BAD_KINDS, EXPECTED_REASON, SyntheticSource
+from replicator.judge.batch import GOOD, Item, judge, judge_items
 from replicator.schemas import HEADER_SIZE, SchemaRegistry
-from replicator.synthetic import BAD_KINDS, EXPECTED_REASON, SyntheticSource
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 MAX_BYTES = 1 << 20

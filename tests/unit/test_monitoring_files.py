@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from replicator.metrics import DEAD_LETTER_REASONS, ERROR_KINDS, OUTCOMES, Metrics
+from replicator.telemetry.metrics import DEAD_LETTER_REASONS, ERROR_KINDS, OUTCOMES, Metrics
 from tests.support.monitoring import (
     DASHBOARD,
     METRICS_DOC,

@@ -14,7 +14,6 @@ from typing import Any, cast
 from pydantic import SecretStr
 
 from replicator.config import Settings
-from replicator.lag import LagMonitor, LagSnapshot, PartitionLag
 from replicator.logs import (
     KAFKA_LOGGER,
     EventBudget,
@@ -23,9 +22,10 @@ from replicator.logs import (
     KafkaLogFilter,
     fields,
 )
-from replicator.metrics import Metrics
-from replicator.pipeline import Replicator
-from replicator.server import start_http
+from replicator.pipeline.service import Replicator
+from replicator.telemetry.lag import LagMonitor, LagSnapshot, PartitionLag
+from replicator.telemetry.metrics import Metrics
+from replicator.telemetry.server import start_http
 
 SECRET = "s3-secret-value-that-must-never-show"  # a test value
 

@@ -11,11 +11,11 @@ import pytest
 import typer
 from pydantic import SecretStr
 
-from replicator.cli_verify import parse_time
+from replicator.cli.ops import parse_time
 from replicator.config import Settings
-from replicator.cutover import RECORD_KEY, retired_stores
 from replicator.errors import ConfigError, StoreError, StoreErrorKind
-from replicator.rclone import container_sas_url, rclone_config, remote_paths, scrub
+from replicator.ops.cutover import RECORD_KEY, retired_stores
+from replicator.ops.rclone import container_sas_url, rclone_config, remote_paths, scrub
 from replicator.stores.base import ObjectInfo, PutOutcome
 
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5"  # base64, not a real key

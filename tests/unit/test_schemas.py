@@ -14,6 +14,7 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
+from replicator.devtools.synthetic import SyntheticSource
 from replicator.errors import ConfigError
 from replicator.schemas import (
     DECODE_REASONS,
@@ -26,7 +27,6 @@ from replicator.schemas import (
     decode_wire,
     encode_wire,
 )
-from replicator.synthetic import SyntheticSource
 
 TOPICS = (REIMBURSEMENTS_TOPIC, PRESCRIPTIONS_TOPIC)
 

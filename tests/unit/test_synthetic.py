@@ -10,14 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.schemas import (
-    PRESCRIPTIONS_TOPIC,
-    REIMBURSEMENTS_TOPIC,
-    DecodeError,
-    SchemaRegistry,
-    decode_wire,
-)
-from replicator.synthetic import (
+from replicator.devtools.synthetic import (
     BAD_KINDS,
     EXPECTED_REASON,
     BadKind,
@@ -25,7 +18,14 @@ from replicator.synthetic import (
     cip13,
     random_nir,
 )
-from replicator.validation import check_record, ean13_is_valid, find_nir
+from replicator.judge.rules import check_record, ean13_is_valid, find_nir
+from replicator.schemas import (
+    PRESCRIPTIONS_TOPIC,
+    REIMBURSEMENTS_TOPIC,
+    DecodeError,
+    SchemaRegistry,
+    decode_wire,
+)
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 TOPICS = (REIMBURSEMENTS_TOPIC, PRESCRIPTIONS_TOPIC)

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.schemas import PRESCRIPTIONS_TOPIC, REIMBURSEMENTS_TOPIC, SchemaRegistry
-from replicator.synthetic import SyntheticSource, random_nir
-from replicator.validation import (
+from replicator.devtools.synthetic import SyntheticSource, random_nir
+from replicator.judge.rules import (
     MIN_DATE_DAYS,
     Violation,
     check_record,
@@ -21,6 +20,7 @@ from replicator.validation import (
     find_nir,
     nir_key_is_valid,
 )
+from replicator.schemas import PRESCRIPTIONS_TOPIC, REIMBURSEMENTS_TOPIC, SchemaRegistry
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 TOPICS = (REIMBURSEMENTS_TOPIC, PRESCRIPTIONS_TOPIC)

@@ -7,9 +7,7 @@ import json
 
 from replicator.container import RawRecord, encode_container
 from replicator.keys import object_key
-from replicator.replay import _align
-from replicator.stores.base import ObjectInfo
-from replicator.verify_logic import (
+from replicator.ops.findings import (
     DecodedObject,
     FindingKind,
     PartitionCheck,
@@ -25,6 +23,8 @@ from replicator.verify_logic import (
     right_stores,
     to_ranges,
 )
+from replicator.ops.replay import _align
+from replicator.stores.base import ObjectInfo
 
 T, P = "t.a", 0
 

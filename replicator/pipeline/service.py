@@ -52,19 +52,19 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator import __version__
-from replicator.checks_native import extension
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
 from replicator.config import Settings
 from replicator.container import RawRecord, encode_container, object_metadata
-from replicator.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.errors import ConflictError, StoreError
-from replicator.judge import Item, Verdict, judge_batch, judge_items, start_pool
+from replicator.judge.batch import Item, Verdict, judge_batch, judge_items, start_pool
+from replicator.judge.native import extension
+from replicator.kafka.deadletter import DeadLetterError, DeadLetterWriter
+from replicator.kafka.progress import TP, ProgressLog
 from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
 from replicator.logs import EventBudget, fields
-from replicator.metrics import Metrics
-from replicator.progress import TP, ProgressLog
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import PutOutcome, Store
+from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.pipeline")
 
@@ -331,7 +331,7 @@ class Replicator:
             log.warning(
                 "compiled_checks_missing",
                 extra=fields(
-                    detail="replicator._fastcheck is not built (pip install builds it): "
+                    detail="replicator.judge._fastcheck is not built (pip install builds it): "
                     "records are judged in Python, same verdicts, several times slower"
                 ),
             )

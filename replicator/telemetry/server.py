@@ -21,8 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from replicator.logs import fields
 
 if TYPE_CHECKING:
-    from replicator.lag import LagMonitor
-    from replicator.pipeline import Replicator
+    from replicator.pipeline.service import Replicator
+    from replicator.telemetry.lag import LagMonitor
 
 log = logging.getLogger("replicator.http")
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from replicator.devtools.stack import DEFAULT_ROOT, SERVICES, LocalStack, StackPorts
 from replicator.errors import ReplicatorError
-from replicator.stack import DEFAULT_ROOT, SERVICES, LocalStack, StackPorts
 
 app = typer.Typer(
     help="The local stack on 127.0.0.1: Kafka (Tansu), S3 (SeaweedFS) and Azure Blob "
@@ -144,5 +144,5 @@ def env(
         typer.echo(stack.env_exports(), nl=False)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m replicator.cli_stack`
+if __name__ == "__main__":  # pragma: no cover - `python -m replicator.cli.stack`
     app()

@@ -1,4 +1,4 @@
-"""The health-data checks of ``replicator.validation``, specialised for one writer schema.
+"""The health-data checks of ``replicator.judge.rules``, specialised for one writer schema.
 
 Why this module exists: speed. ``validation.check_record`` is the specification and stays
 the only place where a refusal is decided. It is written for any mapping, so for every
@@ -43,8 +43,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Final, cast
 
-from replicator.schemas import RegisteredSchema
-from replicator.validation import (
+from replicator.judge.rules import (
     _AMOUNT_SUFFIX,
     _ATC_RE,
     _CCAM_RE,
@@ -67,6 +66,7 @@ from replicator.validation import (
     ean13_is_valid,
     find_direct_identifier,
 )
+from replicator.schemas import RegisteredSchema
 
 Checker = Callable[[Mapping[str, Any]], Violation | None]
 

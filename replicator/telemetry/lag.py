@@ -45,7 +45,7 @@ from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator.config import Settings
 from replicator.logs import fields
-from replicator.metrics import Metrics
+from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.lag")
 

@@ -35,11 +35,11 @@ from typing import Any
 
 from replicator import __version__
 from replicator.errors import StoreError, StoreErrorKind
-from replicator.kafkaview import KafkaUnavailable
-from replicator.opsctx import BadArgument, OpsContext
+from replicator.kafka.view import KafkaUnavailable
+from replicator.ops.context import BadArgument, OpsContext
+from replicator.ops.findings import VerifyReport, utc_now
+from replicator.ops.verify import VerifyOptions, run_verify
 from replicator.stores.base import Store
-from replicator.verify import VerifyOptions, run_verify
-from replicator.verify_logic import VerifyReport, utc_now
 
 log = logging.getLogger("replicator.cutover")
 

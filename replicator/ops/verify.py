@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from replicator.errors import ReplicatorError, StoreError
-from replicator.kafkaview import KafkaUnavailable
-from replicator.opsctx import OpsContext, ProgressLine
-from replicator.verify_logic import (
+from replicator.kafka.view import KafkaUnavailable
+from replicator.ops.context import OpsContext, ProgressLine
+from replicator.ops.findings import (
     DecodedObject,
     Finding,
     FindingKind,
@@ -85,7 +85,7 @@ def run_verify(
         return report
     if progress is not None:
         progress.total = len(tps)
-    from replicator.cutover import retired_stores
+    from replicator.ops.cutover import retired_stores
 
     report.retired = sorted(retired_stores(list(ctx.stores.values())))
 

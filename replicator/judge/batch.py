@@ -22,11 +22,11 @@ from typing import cast
 
 from fastavro import schemaless_reader
 
-from replicator.checks_compiled import Checker, checker_for
-from replicator.checks_native import extension, native_programs
 from replicator.container import encode_envelope
+from replicator.judge.compiled import Checker, checker_for
+from replicator.judge.native import extension, native_programs
+from replicator.judge.rules import check_record
 from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
-from replicator.validation import check_record
 
 Verdict = tuple[int | None, str, str]
 GOOD = ""

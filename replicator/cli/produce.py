@@ -1,7 +1,7 @@
 """`replicator produce`: write synthetic SNDS change events (and bad records) to Kafka.
 
 Mounted by the main CLI with ``app.command("produce")(produce_command)``; runnable alone
-as ``python -m replicator.cli_produce``.
+as ``python -m replicator.cli.produce``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
+from replicator.devtools.produce import ProduceError, ProduceReport, produce
+from replicator.devtools.synthetic import BAD_KINDS
 from replicator.errors import ConfigError
-from replicator.produce import ProduceError, ProduceReport, produce
 from replicator.schemas import PRESCRIPTIONS_TOPIC, REIMBURSEMENTS_TOPIC, SchemaRegistry
-from replicator.synthetic import BAD_KINDS
 
 app = typer.Typer(add_completion=False)
 

@@ -28,8 +28,8 @@ from prometheus_client import (
 
 from replicator import __version__
 from replicator.errors import StoreErrorKind
+from replicator.judge.rules import VIOLATION_REASONS
 from replicator.schemas import DECODE_REASONS
-from replicator.validation import VIOLATION_REASONS
 
 # Label values, each from a small fixed set.
 OUTCOMES: tuple[str, ...] = ("created", "already_present", "conflict")

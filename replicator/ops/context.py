@@ -23,14 +23,14 @@ from replicator.chunking import ChunkRules
 from replicator.config import Settings
 from replicator.container import RawRecord
 from replicator.errors import ConfigError
-from replicator.kafkaview import KafkaUnavailable, KafkaView
+from replicator.judge.rules import check_record
+from replicator.kafka.progress import ProgressLog
+from replicator.kafka.view import KafkaUnavailable, KafkaView
 from replicator.keys import offset_marker, parse_key, partition_prefix
-from replicator.progress import ProgressLog
+from replicator.ops.findings import RecordPrint, canonical
 from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
 from replicator.stores.base import ObjectInfo, Store
 from replicator.stores.factory import build_store
-from replicator.validation import check_record
-from replicator.verify_logic import RecordPrint, canonical
 
 TP = tuple[str, int]
 

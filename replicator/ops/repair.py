@@ -28,12 +28,9 @@ from typing import Any
 
 from replicator.container import object_metadata
 from replicator.errors import ConflictError, StoreError
-from replicator.kafkaview import KafkaUnavailable
-from replicator.opsctx import OpsContext
-from replicator.replay import RangeRequest, run_replay
-from replicator.stores.base import PutOutcome
-from replicator.verify import VerifyOptions, read_objects, run_verify
-from replicator.verify_logic import (
+from replicator.kafka.view import KafkaUnavailable
+from replicator.ops.context import OpsContext
+from replicator.ops.findings import (
     Finding,
     FindingKind,
     PartitionReport,
@@ -41,6 +38,9 @@ from replicator.verify_logic import (
     merge_ranges,
     right_stores,
 )
+from replicator.ops.replay import RangeRequest, run_replay
+from replicator.ops.verify import VerifyOptions, read_objects, run_verify
+from replicator.stores.base import PutOutcome
 
 log = logging.getLogger("replicator.repair")
 

@@ -1,7 +1,7 @@
 """Generate what documents the settings model, so that it cannot drift from it.
 
-    python -m replicator.docs_gen            # rewrite both files below
-    python -m replicator.docs_gen --check    # exit 1 if either is stale
+    python -m replicator.devtools.docs_gen            # rewrite both files below
+    python -m replicator.devtools.docs_gen --check    # exit 1 if either is stale
 
 - docs/configuration.md, the configuration reference: everything in it comes from
   `Settings.model_fields` (name, type, default, bounds, description) and from the section
@@ -31,7 +31,7 @@ from pydantic.fields import FieldInfo
 from replicator.config import DEFAULT_SCHEMAS_DIR, Settings
 
 ENV_PREFIX = "REPLICATOR_"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_PATH = REPO_ROOT / "docs" / "configuration.md"
 CHART_SCHEMA_PATH = REPO_ROOT / "helm" / "replicator" / "values.schema.json"
 
@@ -154,7 +154,7 @@ def _cell(text: str) -> str:
 HEADER = """\
 # Configuration reference
 
-<!-- Generated from replicator/config.py by `python -m replicator.docs_gen`: do not edit.
+<!-- Generated from replicator/config.py by `python -m replicator.devtools.docs_gen`: do not edit.
      tests/unit/test_config_reference.py fails when this page and the model disagree. -->
 
 Every setting is read once at start-up from an environment variable named
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.exists() or path.read_text(encoding="utf-8") != text
         ]
         for path in stale:
-            print(f"{path} is stale: run python -m replicator.docs_gen", file=sys.stderr)
+            print(f"{path} is stale: run python -m replicator.devtools.docs_gen", file=sys.stderr)
         return 1 if stale else 0
     for path, text in wanted.items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,15 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from replicator import __version__
-from replicator.cli_common import fail, load_or_exit
-from replicator.cli_produce import produce_command
-from replicator.cli_stack import app as stack_app
-from replicator.cli_verify import (
+from replicator.cli.common import fail, load_or_exit
+from replicator.cli.ops import (
     cutover_command,
     rclone_check_command,
     replay_command,
     verify_command,
 )
+from replicator.cli.produce import produce_command
+from replicator.cli.stack import app as stack_app
 from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError, StoreError
 from replicator.logs import fields, setup_logging
@@ -117,11 +117,11 @@ def run() -> None:
     """Run the service: consume, validate, and write every record to every store."""
     settings = load_or_exit()
     setup_logging(settings.log_level, settings.log_format)
-    from replicator.lag import LagMonitor
-    from replicator.metrics import Metrics
-    from replicator.pipeline import Replicator
+    from replicator.pipeline.service import Replicator
     from replicator.schemas import SchemaRegistry
-    from replicator.server import start_http
+    from replicator.telemetry.lag import LagMonitor
+    from replicator.telemetry.metrics import Metrics
+    from replicator.telemetry.server import start_http
 
     try:
         registry = SchemaRegistry.load(settings.schemas_dir)
@@ -131,7 +131,7 @@ def run() -> None:
 
         stores = build_stores(settings)
         # After a cutover the retired store is neither written nor watched (no lag alerts).
-        from replicator.cutover import retired_stores
+        from replicator.ops.cutover import retired_stores
 
         retired = retired_stores(stores)
         for store in [st for st in stores if st.name in retired]:
@@ -168,7 +168,7 @@ def check() -> None:
     what failed."""
     settings = load_or_exit()
     setup_logging("WARNING", "human")
-    from replicator.check import run_checks
+    from replicator.ops.check import run_checks
 
     results = run_checks(settings)
     width = max(len(r.target) for r in results)
@@ -202,7 +202,7 @@ def demo(
 ) -> None:
     """Start the local stack, produce synthetic records (some bad), replicate them into both
     stores until caught up, and print what landed where."""
-    from replicator.demo import run_demo
+    from replicator.devtools.demo import run_demo
 
     try:
         run_demo(count=count, bad_share=bad_share, root=root)

@@ -36,12 +36,12 @@ from typing import Any
 
 from replicator.chunking import Chunk, CutPlan, PartitionChunker, PlanConflict
 from replicator.errors import ConflictError, StoreError
-from replicator.kafkaview import KafkaUnavailable
+from replicator.kafka.view import KafkaUnavailable
 from replicator.keys import parse_key
-from replicator.opsctx import OpsContext
-from replicator.pipeline import EncodedChunk, encode_chunk
+from replicator.ops.context import OpsContext
+from replicator.ops.findings import decode_object
+from replicator.pipeline.service import EncodedChunk, encode_chunk
 from replicator.stores.base import ObjectInfo, PutOutcome
-from replicator.verify_logic import decode_object
 
 log = logging.getLogger("replicator.replay")
 

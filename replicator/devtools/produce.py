@@ -21,9 +21,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
 from replicator.errors import ReplicatorError
 from replicator.schemas import SchemaRegistry
-from replicator.synthetic import BAD_KINDS, BadKind, SyntheticSource
 
 log = logging.getLogger(__name__)
 

@@ -21,16 +21,16 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from replicator.config import Settings
-from replicator.deadletter import H_REASON
+from replicator.devtools.produce import produce
+from replicator.devtools.stack import LocalStack
 from replicator.errors import ReplicatorError
+from replicator.kafka.deadletter import H_REASON
 from replicator.logs import setup_logging
-from replicator.metrics import Metrics
-from replicator.pipeline import Replicator
-from replicator.produce import produce
+from replicator.pipeline.service import Replicator
 from replicator.schemas import SchemaRegistry
-from replicator.stack import LocalStack
 from replicator.stores.base import Store
 from replicator.stores.factory import build_stores
+from replicator.telemetry.metrics import Metrics
 
 TP = tuple[str, int]
 

@@ -3,11 +3,11 @@
 ``check_record`` returns the first ``Violation`` found, or ``None`` for a good record. A
 record with a violation goes to the dead-letter topic and is never written to a store.
 
-This module is the specification. ``replicator.checks_compiled.checker_for(schema)`` gives
+This module is the specification. ``replicator.judge.compiled.checker_for(schema)`` gives
 the same results faster for records decoded with a known writer schema: its generated fast
 path accepts only records this module accepts, and it hands every other record to
 ``check_record``; so does the compiled extension ``replicator/_fastcheck.c`` (programs from
-``replicator.checks_native``), which judges the raw Avro body before any decode. A change to
+``replicator.judge.native``), which judges the raw Avro body before any decode. A change to
 a rule here must be mirrored in both (a new or stricter rule would otherwise be skipped by
 the fast paths); ``tests/unit/test_checks_compiled.py`` and ``test_checks_native.py``
 compare them with this module, and the first fails when the code of these rules changes.

@@ -77,7 +77,7 @@ ENV_KEYS: tuple[str, ...] = (
     "azure_container",
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_DIR = REPO_ROOT / "tools" / "azurite"
 
 # SeaweedFS: each bucket is a collection with volumes of its own, and `weed mini` sizes the

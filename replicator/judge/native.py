@@ -28,9 +28,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Final
 
-from replicator.checks_compiled import _LOWEST_DAY, _YEAR_START_MS, _holds_no_nir
-from replicator.schemas import RegisteredSchema, SchemaRegistry
-from replicator.validation import (
+from replicator.judge.compiled import _LOWEST_DAY, _YEAR_START_MS, _holds_no_nir
+from replicator.judge.rules import (
     _AMOUNT_SUFFIX,
     _DATE_FIELDS,
     _FIRST_YEAR,
@@ -42,6 +41,7 @@ from replicator.validation import (
     MIN_DATE_DAYS,
     MIN_EVENT_MS,
 )
+from replicator.schemas import RegisteredSchema, SchemaRegistry
 
 # Wire kinds, rules and slots: the enums at the top of _fastcheck.c, in the same order.
 WIRE: Final = {
@@ -177,7 +177,7 @@ def program_ops(schema: RegisteredSchema) -> list[Op] | None:
 def extension() -> ModuleType | None:
     """The compiled extension, or None where it was not built."""
     try:
-        return importlib.import_module("replicator._fastcheck")
+        return importlib.import_module("replicator.judge._fastcheck")
     except ImportError:
         return None
 

@@ -6,7 +6,7 @@ seed and the same sequence of calls give the same records on every machine.
 
 Records come in the form ``decode_wire`` returns (see ``replicator.schemas``): timestamps
 as int milliseconds since the epoch (UTC), dates as int days since 1970-01-01, UUIDs as
-str. Every good record passes ``replicator.validation.check_record``.
+str. Every good record passes ``replicator.judge.rules.check_record``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal, get_args
 
+from replicator.judge.rules import DAY_MS, MAX_EVENT_MS, MIN_DATE_DAYS, MIN_EVENT_MS
 from replicator.schemas import HEADER_SIZE, RegisteredSchema, SchemaRegistry, encode_wire
-from replicator.validation import DAY_MS, MAX_EVENT_MS, MIN_DATE_DAYS, MIN_EVENT_MS
 
 BadKind = Literal[
     "not_wire_format",

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from replicator.cli_common import fail, load_or_exit
+from replicator.cli.common import fail, load_or_exit
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.logs import setup_logging
 
@@ -88,10 +88,10 @@ def verify_command(
     until_ms = parse_time(until, "--until") if until else None
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise fail("--until must be after --since", 2)
-    from replicator.opsctx import OpsContext, ProgressLine
-    from replicator.repair import run_repair
-    from replicator.verify import VerifyOptions, run_verify
-    from replicator.verify_logic import VerifyReport
+    from replicator.ops.context import OpsContext, ProgressLine
+    from replicator.ops.findings import VerifyReport
+    from replicator.ops.repair import run_repair
+    from replicator.ops.verify import VerifyOptions, run_verify
 
     options = VerifyOptions(
         topics=topic or None,
@@ -174,9 +174,9 @@ def replay_command(
     to_ms = parse_time(to_time, "--to-time") if to_time else None
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise fail("--to-time must be after --from-time", 2)
-    from replicator.kafkaview import KafkaUnavailable
-    from replicator.opsctx import OpsContext
-    from replicator.replay import RangeRequest, resolve_times, run_replay
+    from replicator.kafka.view import KafkaUnavailable
+    from replicator.ops.context import OpsContext
+    from replicator.ops.replay import RangeRequest, resolve_times, run_replay
 
     try:
         ctx = OpsContext.open(settings, "replay")
@@ -223,8 +223,8 @@ def cutover_command(
     setup_logging("WARNING", "human")
     if rollback == (retire is not None):
         raise fail("give either --retire STORE or --rollback", 2)
-    from replicator.cutover import run_cutover, run_rollback
-    from replicator.opsctx import OpsContext
+    from replicator.ops.context import OpsContext
+    from replicator.ops.cutover import run_cutover, run_rollback
 
     try:
         ctx = OpsContext.open(settings, "cutover")
@@ -254,7 +254,7 @@ def rclone_check_command() -> None:
     """Independent check with rclone: compare every object's size and MD5 between the S3
     store and the Azure store (exit 0: no difference; rclone's exit code otherwise)."""
     settings = load_or_exit()
-    from replicator.rclone import rclone_check
+    from replicator.ops.rclone import rclone_check
 
     try:
         result = rclone_check(settings)
