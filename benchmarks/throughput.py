@@ -42,10 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from replicator.config import Settings
 from replicator.devtools.produce import ProduceReport, produce
 from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
+from replicator.model import TP
 from replicator.schemas import SchemaRegistry
 from tests.support.service import Progress, Service
-
-TP = tuple[str, int]
 
 
 @dataclass

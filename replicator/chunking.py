@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from replicator.container import RawRecord
 from replicator.keys import ChunkKey
+from replicator.model import RawRecord
+
+if TYPE_CHECKING:  # the type only: chunking reads four numbers from it
+    from replicator.config import Settings
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,17 @@ class ChunkRules:
     max_bytes: int
     window_ms: int
     flush_interval_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChunkRules:
+        """The rules the service cuts by; every tool that must cut as the service does (replay,
+        the catch-up, verify's alignment) builds them here."""
+        return cls(
+            max_records=settings.chunk_max_records,
+            max_bytes=settings.chunk_max_bytes,
+            window_ms=settings.chunk_window_s * 1000,
+            flush_interval_s=settings.flush_interval_s,
+        )
 
 
 @dataclass

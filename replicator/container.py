@@ -30,10 +30,15 @@ import json
 import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
-from typing import NamedTuple, cast
+from typing import cast
 
 import fastavro
+
+from replicator.chunking import Chunk
+from replicator.model import TP, RawRecord
+from replicator.schemas import SchemaRegistry
 
 _native_envelopes: Callable[[Sequence[RawRecord], Sequence[int]], list[bytes]] | None
 try:  # the compiled extension (setup.py); the Python code below makes the same bytes
@@ -44,21 +49,6 @@ except ImportError:  # pragma: no cover - a build without the extension
 MAGIC = b"Obj\x01"
 BLOCK_TARGET_BYTES = 1024 * 1024  # raw bytes per container block (deterministic: by content)
 FORMAT_VERSION = "2"
-
-
-class RawRecord(NamedTuple):
-    """A good record of a chunk: its Kafka coordinates and its raw Avro body.
-
-    A NamedTuple, not a dataclass: the live loop makes one per record, and a tuple is built
-    several times faster than a frozen dataclass."""
-
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    body: bytes
-    # encode_record(self, 0), when already made (a decode worker makes it, off the main
-    # thread): a chunk with one writer schema joins these bytes as they are.
-    envelope: bytes | None = None
 
 
 _LOW7 = 0x7F
@@ -313,3 +303,48 @@ def object_metadata(data: bytes) -> dict[str, str]:
         if short != name and short not in _CONTAINER_ONLY:
             out[short] = value.decode() if isinstance(value, bytes) else str(value)
     return out
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    topic: str
+    partition: int
+    first: int
+    last: int
+    key: str
+    data: bytes
+    md5: bytes
+    records: int
+    metadata: dict[str, str]
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)
+
+
+def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int) -> EncodedChunk:
+    """Encode once; the same buffer goes to every store."""
+    key = str(chunk.key)
+    schemas = {sid: registry.get(sid).schema_json for sid in set(chunk.schema_ids)}
+    meta = {
+        "topic": chunk.topic,
+        "partition": str(chunk.partition),
+        "first_offset": str(chunk.first),
+        "last_offset": str(chunk.last),
+        "records": str(len(chunk.records)),
+        "skipped": str(chunk.skipped),
+    }
+    data = encode_container(
+        key, schemas, chunk.records, chunk.schema_ids, meta, codec=codec, level=level
+    )
+    return EncodedChunk(
+        topic=chunk.topic,
+        partition=chunk.partition,
+        first=chunk.first,
+        last=chunk.last,
+        key=key,
+        data=data,
+        md5=hashlib.md5(data).digest(),
+        records=len(chunk.records),
+        metadata=meta,
+    )

@@ -12,7 +12,6 @@ Exit codes (see docs/runbook.md):
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +20,15 @@ import typer
 
 from replicator.cli.common import fail, load_or_exit
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.kafka.view import KafkaUnavailable
 from replicator.logs import setup_logging
+from replicator.ops.context import OpsContext, ProgressLine
+from replicator.ops.cutover import run_cutover, run_rollback
+from replicator.ops.findings import VerifyReport, report_json
+from replicator.ops.rclone import rclone_check
+from replicator.ops.repair import run_repair
+from replicator.ops.replay import RangeRequest, resolve_times, run_replay
+from replicator.ops.verify import VerifyOptions, run_verify
 
 TopicOpt = Annotated[list[str] | None, typer.Option("--topic", help="Only this topic (repeatable)")]
 PartitionOpt = Annotated[
@@ -88,10 +95,6 @@ def verify_command(
     until_ms = parse_time(until, "--until") if until else None
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise fail("--until must be after --since", 2)
-    from replicator.ops.context import OpsContext, ProgressLine
-    from replicator.ops.findings import VerifyReport
-    from replicator.ops.repair import run_repair
-    from replicator.ops.verify import VerifyOptions, run_verify
 
     options = VerifyOptions(
         topics=topic or None,
@@ -122,7 +125,7 @@ def verify_command(
             typer.echo(report.summary())
             data = report.to_json()
             data["repair"] = result.to_json()
-            _write_json(json_report, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+            _write_json(json_report, report_json(data))
         else:
             report = verify_once()
             typer.echo(report.summary())
@@ -174,9 +177,6 @@ def replay_command(
     to_ms = parse_time(to_time, "--to-time") if to_time else None
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise fail("--to-time must be after --from-time", 2)
-    from replicator.kafka.view import KafkaUnavailable
-    from replicator.ops.context import OpsContext
-    from replicator.ops.replay import RangeRequest, resolve_times, run_replay
 
     try:
         ctx = OpsContext.open(settings, "replay")
@@ -197,9 +197,7 @@ def replay_command(
     finally:
         ctx.close()
     typer.echo(report.summary())
-    _write_json(
-        json_report, (json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode()
-    )
+    _write_json(json_report, report_json(report.to_json()))
     raise typer.Exit(report.exit_code)
 
 
@@ -223,8 +221,6 @@ def cutover_command(
     setup_logging("WARNING", "human")
     if rollback == (retire is not None):
         raise fail("give either --retire STORE or --rollback", 2)
-    from replicator.ops.context import OpsContext
-    from replicator.ops.cutover import run_cutover, run_rollback
 
     try:
         ctx = OpsContext.open(settings, "cutover")
@@ -254,7 +250,6 @@ def rclone_check_command() -> None:
     """Independent check with rclone: compare every object's size and MD5 between the S3
     store and the Azure store (exit 0: no difference; rclone's exit code otherwise)."""
     settings = load_or_exit()
-    from replicator.ops.rclone import rclone_check
 
     try:
         result = rclone_check(settings)

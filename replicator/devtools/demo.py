@@ -32,8 +32,6 @@ from replicator.stores.base import Store
 from replicator.stores.factory import build_stores
 from replicator.telemetry.metrics import Metrics
 
-TP = tuple[str, int]
-
 
 def say(text: str) -> None:
     print(text, flush=True)

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from replicator.container import RawRecord
+from replicator.model import RawRecord
 
 YEARS: int
 SLOTS: int

@@ -11,11 +11,16 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-TP = tuple[str, int]
+from replicator.model import TP
 
 
 class ProgressLog:
-    def __init__(self, kafka_conf: dict[str, Any], group: str) -> None:
+    """The one reader (and writer) of a store's committed offsets: the service, the lag
+    monitor and the operator tools all go through it."""
+
+    def __init__(
+        self, kafka_conf: dict[str, Any], group: str, client_id: str | None = None
+    ) -> None:
         self.group = group
         self._consumer = Consumer(
             {
@@ -23,6 +28,7 @@ class ProgressLog:
                 "group.id": group,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
+                **({"client.id": client_id} if client_id is not None else {}),
             }
         )
 

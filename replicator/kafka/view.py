@@ -27,8 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-
-TP = tuple[str, int]
+from replicator.model import TP
 
 
 class KafkaUnavailable(ReplicatorError):

@@ -21,32 +21,20 @@ from confluent_kafka import KafkaException, Message
 
 from replicator.chunking import ChunkRules
 from replicator.config import Settings
-from replicator.container import RawRecord
 from replicator.errors import ConfigError
 from replicator.judge.rules import check_record
 from replicator.kafka.progress import ProgressLog
 from replicator.kafka.view import KafkaUnavailable, KafkaView
 from replicator.keys import offset_marker, parse_key, partition_prefix
+from replicator.model import TP, RawRecord
 from replicator.ops.findings import RecordPrint, canonical
 from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
 from replicator.stores.base import ObjectInfo, Store
 from replicator.stores.factory import build_store
 
-TP = tuple[str, int]
-
 
 class BadArgument(ConfigError):
     """An option names something that does not exist (a topic, a partition, a store)."""
-
-
-def rules_from_settings(settings: Settings) -> ChunkRules:
-    """The service's chunk rules (as `Replicator.__init__` builds them)."""
-    return ChunkRules(
-        max_records=settings.chunk_max_records,
-        max_bytes=settings.chunk_max_bytes,
-        window_ms=settings.chunk_window_s * 1000,
-        flush_interval_s=settings.flush_interval_s,
-    )
 
 
 @dataclass
@@ -89,7 +77,7 @@ class OpsContext:
 
     @property
     def rules(self) -> ChunkRules:
-        return rules_from_settings(self.settings)
+        return ChunkRules.from_settings(self.settings)
 
     # ------------------------------------------------------------------ targets
     def targets(

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,14 @@ from typing import Any
 from replicator import __version__
 from replicator.errors import StoreError, StoreErrorKind
 from replicator.kafka.view import KafkaUnavailable
+from replicator.model import TP
 from replicator.ops.context import BadArgument, OpsContext
-from replicator.ops.findings import VerifyReport, utc_now
+from replicator.ops.findings import VerifyReport, report_json, utc_now
 from replicator.ops.verify import VerifyOptions, run_verify
-from replicator.stores.base import Store
+from replicator.stores.retirement import RECORD_KEY
 
 log = logging.getLogger("replicator.cutover")
 
-TP = tuple[str, int]
-
-RECORD_KEY = "_cutover/record.json"
 REPORT_KEY = "_cutover/verify-report.json"
 ROLLED_BACK_PREFIX = "_cutover/rolled-back-"
 RECORD_FORMAT = "replicator-cutover-record"
@@ -56,34 +54,6 @@ EXIT_DIVERGED = 1
 EXIT_UNCHECKED = 3
 EXIT_LAGGING = 4
 EXIT_ALREADY = 5
-
-
-def retired_stores(stores: Sequence[Store]) -> set[str]:
-    """The stores a cutover record retires, read from whichever store answers (a store that
-    cannot be read is skipped; a record found in any store counts)."""
-    retired: set[str] = set()
-    for store in stores:
-        try:
-            data = store.read(RECORD_KEY)
-        except StoreError as exc:
-            if exc.kind is not StoreErrorKind.NOT_FOUND:
-                log.warning(
-                    "cutover_record_unreadable",
-                    extra={"replicator_fields": {"store": store.name, "error": str(exc)}},
-                )
-            continue
-        try:
-            record = json.loads(data)
-            name = record["retired"]
-        except (ValueError, KeyError, TypeError):
-            log.error(
-                "cutover_record_malformed",
-                extra={"replicator_fields": {"store": store.name, "key": RECORD_KEY}},
-            )
-            continue
-        if isinstance(name, str):
-            retired.add(name)
-    return retired
 
 
 @dataclass
@@ -220,7 +190,7 @@ def run_cutover(
         "verify_report_key": REPORT_KEY,
         "verify_report_sha256": hashlib.sha256(report_bytes).hexdigest(),
     }
-    record_bytes = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    record_bytes = report_json(record)
     written: list[tuple[str, str]] = []
     try:
         # Kept stores first, the retired one last: the record is complete once every
@@ -270,7 +240,7 @@ def run_rollback(ctx: OpsContext) -> CutoverResult:
     stamp = utc_now().replace(":", "").replace("-", "")
     archive_key = f"{ROLLED_BACK_PREFIX}{stamp}.json"
     archived = {**first, "rolled_back_at": utc_now()}
-    data = (json.dumps(archived, indent=2, sort_keys=True) + "\n").encode()
+    data = report_json(archived)
     try:
         for name in holders:
             store = ctx.stores[name]

@@ -32,9 +32,9 @@ from typing import Any
 import fastavro
 
 from replicator.keys import ChunkKey, parse_key
+from replicator.model import TP
 from replicator.stores.base import ObjectInfo
 
-TP = tuple[str, int]
 Range = tuple[int, int]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -623,7 +623,7 @@ class VerifyReport:
         }
 
     def dumps(self) -> bytes:
-        return (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
+        return report_json(self.to_json())
 
     def summary(self, max_findings: int = 50) -> str:
         t = self.totals()
@@ -661,3 +661,9 @@ class VerifyReport:
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def report_json(value: Mapping[str, Any]) -> bytes:
+    """The one shape of every JSON document the operator tools write (verify, replay and
+    repair reports, the cutover record): indented, keys sorted, one final newline."""
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

@@ -44,8 +44,6 @@ from replicator.stores.base import PutOutcome
 
 log = logging.getLogger("replicator.repair")
 
-TP = tuple[str, int]
-
 
 @dataclass
 class RepairAction:

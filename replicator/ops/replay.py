@@ -35,17 +35,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from replicator.chunking import Chunk, CutPlan, PartitionChunker, PlanConflict
+from replicator.container import EncodedChunk, encode_chunk
 from replicator.errors import ConflictError, StoreError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.keys import parse_key
+from replicator.model import TP
 from replicator.ops.context import OpsContext
 from replicator.ops.findings import decode_object
-from replicator.pipeline.service import EncodedChunk, encode_chunk
 from replicator.stores.base import ObjectInfo, PutOutcome
 
 log = logging.getLogger("replicator.replay")
 
-TP = tuple[str, int]
 Cut = tuple[int, int]
 
 EXIT_OK = 0

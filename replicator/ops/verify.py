@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from replicator.errors import ReplicatorError, StoreError
 from replicator.kafka.view import KafkaUnavailable
+from replicator.model import TP
 from replicator.ops.context import OpsContext, ProgressLine
 from replicator.ops.findings import (
     DecodedObject,
@@ -37,10 +38,9 @@ from replicator.ops.findings import (
     decode_object,
     utc_now,
 )
+from replicator.stores.retirement import retired_stores
 
 log = logging.getLogger("replicator.verify")
-
-TP = tuple[str, int]
 
 
 @dataclass
@@ -85,8 +85,6 @@ def run_verify(
         return report
     if progress is not None:
         progress.total = len(tps)
-    from replicator.ops.cutover import retired_stores
-
     report.retired = sorted(retired_stores(list(ctx.stores.values())))
 
     def one(tp: TP) -> PartitionReport:

@@ -54,14 +54,15 @@ from confluent_kafka import TopicPartition as KafkaTP
 from replicator import __version__
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
 from replicator.config import Settings
-from replicator.container import RawRecord, encode_container, object_metadata
+from replicator.container import EncodedChunk, encode_chunk, object_metadata
 from replicator.errors import ConflictError, StoreError
 from replicator.judge.batch import Item, Verdict, judge_batch, judge_items, start_pool
 from replicator.judge.native import extension
 from replicator.kafka.deadletter import DeadLetterError, DeadLetterWriter
-from replicator.kafka.progress import TP, ProgressLog
+from replicator.kafka.progress import ProgressLog
 from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
 from replicator.logs import EventBudget, fields
+from replicator.model import TP, RawRecord
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import PutOutcome, Store
 from replicator.telemetry.metrics import Metrics
@@ -82,51 +83,6 @@ FETCH_QUEUE_BACKOFF_MS = 20
 # long wait goes back to pausing, which does.
 HOLD_BEFORE_PAUSE_S = 1.0
 HOLD_WAIT_S = 0.005
-
-
-@dataclass(frozen=True)
-class EncodedChunk:
-    topic: str
-    partition: int
-    first: int
-    last: int
-    key: str
-    data: bytes
-    md5: bytes
-    records: int
-    metadata: dict[str, str]
-
-    @property
-    def tp(self) -> TP:
-        return (self.topic, self.partition)
-
-
-def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int) -> EncodedChunk:
-    """Encode once; the same buffer goes to every store."""
-    key = str(chunk.key)
-    schemas = {sid: registry.get(sid).schema_json for sid in set(chunk.schema_ids)}
-    meta = {
-        "topic": chunk.topic,
-        "partition": str(chunk.partition),
-        "first_offset": str(chunk.first),
-        "last_offset": str(chunk.last),
-        "records": str(len(chunk.records)),
-        "skipped": str(chunk.skipped),
-    }
-    data = encode_container(
-        key, schemas, chunk.records, chunk.schema_ids, meta, codec=codec, level=level
-    )
-    return EncodedChunk(
-        topic=chunk.topic,
-        partition=chunk.partition,
-        first=chunk.first,
-        last=chunk.last,
-        key=key,
-        data=data,
-        md5=hashlib.md5(data).digest(),
-        records=len(chunk.records),
-        metadata=meta,
-    )
 
 
 def too_slow(lanes: dict[str, tuple[int, bool]], share: int) -> list[str]:
@@ -256,12 +212,7 @@ class Replicator:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
-        self.rules = ChunkRules(
-            max_records=settings.chunk_max_records,
-            max_bytes=settings.chunk_max_bytes,
-            window_ms=settings.chunk_window_s * 1000,
-            flush_interval_s=settings.flush_interval_s,
-        )
+        self.rules = ChunkRules.from_settings(settings)
         self.kafka_conf = settings.kafka_common()
         self.lanes = [
             Lane(

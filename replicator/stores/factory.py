@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from replicator.config import Settings
 from replicator.errors import ConfigError
-
-if TYPE_CHECKING:
-    from replicator.config import Settings
-    from replicator.stores.base import Store
+from replicator.stores.azure import AzureBlobStore
+from replicator.stores.base import Store
+from replicator.stores.s3 import S3Store
 
 __all__ = ["build_stores"]
 
@@ -16,12 +14,8 @@ __all__ = ["build_stores"]
 def build_store(settings: Settings, name: str) -> Store:
     """One store by name ("s3" or "azure"). No request is sent: clients connect lazily."""
     if name == "s3":
-        from replicator.stores.s3 import S3Store
-
         return S3Store.from_settings(settings)
     if name == "azure":
-        from replicator.stores.azure import AzureBlobStore
-
         return AzureBlobStore.from_settings(settings)
     raise ConfigError(f"unknown store {name!r} (known: s3, azure)")
 

@@ -44,12 +44,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator.config import Settings
+from replicator.kafka.progress import ProgressLog
 from replicator.logs import fields
+from replicator.model import TP
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.lag")
-
-TP = tuple[str, int]
 
 # A record's timestamp type when the producer set none (librdkafka's TIMESTAMP_NOT_AVAILABLE).
 _NO_TIMESTAMP = 0
@@ -99,7 +99,7 @@ class LagMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reader: Consumer | None = None
-        self._progress: dict[str, Consumer] = {}
+        self._progress: dict[str, ProgressLog] = {}
         # (tp, offset) -> Unix time of the first record at or after that offset
         self._oldest: dict[tuple[TP, int], float] = {}
         self._first_seen: dict[tuple[TP, int], float] = {}
@@ -131,9 +131,11 @@ class LagMonitor:
         self.close()
 
     def close(self) -> None:
-        for consumer in [*self._progress.values(), *([self._reader] if self._reader else [])]:
+        closers = [progress.close for progress in self._progress.values()]
+        closers += [self._reader.close] if self._reader else []
+        for close in closers:
             try:
-                consumer.close()
+                close()
             except (KafkaException, RuntimeError):
                 log.debug("lag_consumer_close_failed", exc_info=True)
         self._progress.clear()
@@ -273,25 +275,15 @@ class LagMonitor:
         return tps
 
     def _committed(self, store: str, tps: list[TP]) -> dict[TP, int | None]:
-        consumer = self._progress.get(store)
-        if consumer is None:
-            consumer = Consumer(
-                {
-                    **self.settings.kafka_common(),
-                    "group.id": self.settings.progress_group(store),
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "client.id": f"replicator-lag-monitor-{store}",
-                }
+        progress = self._progress.get(store)
+        if progress is None:
+            progress = ProgressLog(
+                self.settings.kafka_common(),
+                self.settings.progress_group(store),
+                client_id=f"replicator-lag-monitor-{store}",
             )
-            self._progress[store] = consumer
-        answer = consumer.committed([KafkaTP(t, p) for t, p in tps], timeout=self._timeout)
-        out: dict[TP, int | None] = {}
-        for ktp in answer:
-            if ktp.error is not None:
-                raise KafkaException(ktp.error)
-            out[(ktp.topic, ktp.partition)] = ktp.offset if ktp.offset >= 0 else None
-        return out
+            self._progress[store] = progress
+        return progress.committed(tps, timeout=self._timeout)
 
     def _previous_oldest(self, store: str, tp: TP) -> float | None:
         previous = self.last.stores.get(store, {}).get(tp) if self.last is not None else None

@@ -14,22 +14,32 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from replicator.logs import fields
-
-if TYPE_CHECKING:
-    from replicator.pipeline.service import Replicator
-    from replicator.telemetry.lag import LagMonitor
+from replicator.telemetry.lag import LagMonitor
+from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.http")
 
 HEALTHY_LOOP_AGE_S = 60.0  # the loop turns many times a second; a minute without a turn is stuck
 
 
-def health(service: Replicator, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
+class ServiceStatus(Protocol):
+    """What the probes read of the service (`pipeline.service.Replicator` has it)."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def last_loop_at(self) -> float: ...
+
+    def readiness(self) -> dict[str, Any]: ...
+
+
+def health(service: ServiceStatus, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
     age = time.monotonic() - service.last_loop_at
     body: dict[str, Any] = {"alive": age < HEALTHY_LOOP_AGE_S, "loop_age_s": round(age, 3)}
     if lag is not None:
@@ -38,7 +48,7 @@ def health(service: Replicator, lag: LagMonitor | None = None) -> tuple[bool, di
     return bool(body["alive"]), body
 
 
-def readiness(service: Replicator, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
+def readiness(service: ServiceStatus, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
     """Ready: the broker answers and at least one store accepts writes.
 
     The broker counts as answering when the lag monitor's last check reached it (it asks
@@ -58,7 +68,7 @@ def readiness(service: Replicator, lag: LagMonitor | None = None) -> tuple[bool,
 
 
 def start_http(
-    host: str, port: int, service: Replicator, lag: LagMonitor | None = None
+    host: str, port: int, service: ServiceStatus, lag: LagMonitor | None = None
 ) -> ThreadingHTTPServer:
     """Serve in a daemon thread; `port=0` picks a free port (read it from server.server_port)."""
 

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from replicator.config import Settings
 from replicator.devtools.synthetic import SyntheticSource
+from replicator.model import TP
 from replicator.schemas import SchemaRegistry
 from tests.corpus.cases import NEAR_MISSES, VALID_NIRS, Case, cases
 from tests.support.checker import (
@@ -28,7 +29,6 @@ from tests.support.service import Service, wait_committed
 
 pytestmark = pytest.mark.integration
 
-TP = tuple[str, int]
 PARTITIONS = 3
 MAX_BYTES = 4096
 AROUND = 3  # good records before and after each case

@@ -14,16 +14,15 @@ import pytest
 
 from replicator.config import Settings
 from replicator.errors import StoreError
-from replicator.ops.cutover import RECORD_KEY, REPORT_KEY, retired_stores
+from replicator.ops.cutover import REPORT_KEY
 from replicator.ops.repair import run_repair
 from replicator.ops.verify import VerifyOptions
+from replicator.stores.retirement import RECORD_KEY, retired_stores
 from tests.support.ops import cli, keys, md5s, ops, replicate
 from tests.support.produce import produce_records
 from tests.support.service import Progress, Service, wait_committed
 
 pytestmark = pytest.mark.integration
-
-TP = tuple[str, int]
 
 
 def has_record(settings: Settings) -> dict[str, bool]:

@@ -34,6 +34,7 @@ import pytest
 
 from replicator.config import Settings
 from replicator.devtools.stack import DEMO_TOPICS, LocalStack
+from replicator.model import TP
 from tests.support.checker import (
     KafkaRecord,
     azure_objects,
@@ -54,7 +55,6 @@ from tests.support.service import Service, wait_committed
 
 pytestmark = pytest.mark.integration
 
-TP = tuple[str, int]
 PARTITIONS = 3
 LONG = os.environ.get("REPLICATOR_FAULTS_LONG", "") == "1"
 RUNS = int(os.environ.get("REPLICATOR_FAULTS_RUNS", "6" if LONG else "2"))

@@ -48,13 +48,13 @@ from replicator.config import Settings
 from replicator.devtools.produce import produce
 from replicator.devtools.stack import AZURITE_ACCOUNT, AZURITE_KEY, LocalStack
 from replicator.devtools.synthetic import SyntheticSource
+from replicator.model import TP
 from replicator.schemas import SchemaRegistry
 from tests.support.monitoring import dashboard_queries, rules_with_for, substitute, tool
 from tests.support.service import Service
 
 pytestmark = pytest.mark.integration
 
-TP = tuple[str, int]
 ONE_PER_BATCH = {"linger.ms": 0, "batch.num.messages": 1}
 LAG_ALERTS = {"ReplicatorStoreLagHigh", "ReplicatorStoreLagCritical"}
 

@@ -16,14 +16,13 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from replicator.config import Settings
 from replicator.keys import parse_key
+from replicator.model import TP
 from replicator.ops.verify import VerifyOptions, run_verify
 from tests.support.ops import cli, keys, md5s, ops, replicate, report_json
 from tests.support.produce import produce_records
 from tests.support.service import Progress, Service, wait_committed
 
 pytestmark = pytest.mark.integration
-
-TP = tuple[str, int]
 
 
 def iso(ms: int) -> str:

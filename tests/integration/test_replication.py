@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from replicator.config import Settings
+from replicator.model import TP
 from tests.support.checker import (
     azure_objects,
     compare,
@@ -32,7 +33,6 @@ from tests.support.service import Progress, Service, wait_committed
 
 pytestmark = pytest.mark.integration
 
-TP = tuple[str, int]
 PARTITIONS = 3
 
 

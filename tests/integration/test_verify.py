@@ -13,6 +13,7 @@ import pytest
 
 from replicator.config import Settings
 from replicator.keys import object_key
+from replicator.model import TP
 from replicator.ops.verify import VerifyOptions, run_verify
 from tests.support.checker import (
     azure_objects,
@@ -26,8 +27,6 @@ from tests.support.ops import cli, ops, rebuild, replace, replicate, report_json
 from tests.support.produce import Produced, produce_records
 
 pytestmark = pytest.mark.integration
-
-TP = tuple[str, int]
 
 
 def covering(ranges: list[tuple[int, int]], offset: int) -> tuple[int, int]:

@@ -23,8 +23,9 @@ from azure.storage.blob import BlobServiceClient
 from botocore.config import Config
 from confluent_kafka import Consumer, TopicPartition
 
+from replicator.model import TP
+
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-TP = tuple[str, int]
 
 
 def writer_schemas() -> dict[int, Any]:

@@ -16,15 +16,14 @@ from typing import Any
 
 from replicator.chunking import Chunk
 from replicator.config import Settings
-from replicator.container import RawRecord
+from replicator.container import encode_chunk
 from replicator.keys import parse_key, partition_prefix
+from replicator.model import TP, RawRecord
 from replicator.ops.context import OpsContext
-from replicator.pipeline.service import Replicator, encode_chunk
+from replicator.pipeline.service import Replicator
 from replicator.schemas import SchemaRegistry
 from replicator.stores.factory import build_stores
 from tests.support.service import settings_env
-
-TP = tuple[str, int]
 
 
 def replicate(settings: Settings, ends: dict[TP, int], timeout: float = 90.0) -> Replicator:

@@ -12,10 +12,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from replicator.config import Settings
 from replicator.devtools.produce import produce
 from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
+from replicator.model import TP
 from replicator.schemas import SchemaRegistry
 from tests.support.checker import KafkaRecord
-
-TP = tuple[str, int]
 
 
 @dataclass

@@ -14,8 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from replicator.config import Settings
-
-TP = tuple[str, int]
+from replicator.model import TP
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -20,7 +20,7 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicator.container import RawRecord, encode_envelope, encode_record, zigzag_varint
+from replicator.container import encode_envelope, encode_record, zigzag_varint
 from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
 from replicator.judge.batch import GOOD, Item, judge, judge_items
 from replicator.judge.native import compiled, extension, native_programs, program_ops
@@ -33,6 +33,7 @@ from replicator.judge.rules import (
     _year_start_days,
     check_record,
 )
+from replicator.model import RawRecord
 from replicator.schemas import HEADER_SIZE, RegisteredSchema, encode_wire
 from tests.unit.test_checks_compiled import (
     FUZZ,

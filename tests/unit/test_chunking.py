@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
-from replicator.container import RawRecord
 from replicator.keys import ChunkKey
+from replicator.model import RawRecord
 
 TOPIC = "snds.reimbursements"
 BIG = 10**9

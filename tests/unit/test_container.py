@@ -32,7 +32,6 @@ from replicator.container import (
     BLOCK_TARGET_BYTES,
     FORMAT_VERSION,
     MAGIC,
-    RawRecord,
     encode_container,
     encode_envelope,
     encode_record,
@@ -41,6 +40,7 @@ from replicator.container import (
     sync_marker,
     zigzag_varint,
 )
+from replicator.model import RawRecord
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"

@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from replicator.cli.ops import parse_time
 from replicator.config import Settings
 from replicator.errors import ConfigError, StoreError, StoreErrorKind
-from replicator.ops.cutover import RECORD_KEY, retired_stores
 from replicator.ops.rclone import container_sas_url, rclone_config, remote_paths, scrub
 from replicator.stores.base import ObjectInfo, PutOutcome
+from replicator.stores.retirement import RECORD_KEY, retired_stores
 
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5"  # base64, not a real key
 

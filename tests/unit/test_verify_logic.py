@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from replicator.container import RawRecord, encode_container
+from replicator.container import encode_container
 from replicator.keys import object_key
+from replicator.model import RawRecord
 from replicator.ops.findings import (
     DecodedObject,
     FindingKind,

@@ -1,0 +1,26 @@
+"""The plain types every stage shares: a partition's name and a record on its way to a chunk.
+
+No logic and no imports from the package: chunking, encoding, the service and the operator
+tools all speak these types, so they live below all of them."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+TP = tuple[str, int]
+"""A partition: (topic, partition number)."""
+
+
+class RawRecord(NamedTuple):
+    """A good record of a chunk: its Kafka coordinates and its raw Avro body.
+
+    A NamedTuple, not a dataclass: the live loop makes one per record, and a tuple is built
+    several times faster than a frozen dataclass."""
+
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    body: bytes
+    # encode_record(self, 0), when already made (a decode worker makes it, off the main
+    # thread): a chunk with one writer schema joins these bytes as they are.
+    envelope: bytes | None = None
