@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from replicator.pipeline.service import too_slow
+from replicator.pipeline.backpressure import too_slow
 
 SHARE = 32 * 1024 * 1024
 

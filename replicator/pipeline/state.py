@@ -1,0 +1,160 @@
+"""The service's state: the lanes (one per store), the partitions it owns, what a run did.
+
+Plain data, shared by the parts of the loop (intake, lanes, partitions, catch-up,
+checkpoint, back-pressure); each part changes only what its own docstring names.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+
+from confluent_kafka import Consumer, Message
+
+from replicator.chunking import ChunkRules, CutPlan, PartitionChunker
+from replicator.config import Settings
+from replicator.container import EncodedChunk
+from replicator.kafka.deadletter import DeadLetterWriter
+from replicator.kafka.progress import ProgressLog
+from replicator.model import TP
+from replicator.schemas import SchemaRegistry
+from replicator.stores.base import PutOutcome, Store
+from replicator.telemetry.metrics import Metrics
+
+log = logging.getLogger("replicator.pipeline")  # every part logs under the service's name
+
+# When its queue is full (fetch_buffer_kbytes), librdkafka postpones the next fetch of a
+# partition by fetch.queue.backoff.ms, 1000 by default: a loop that drains the queue in less
+# than that then waits for records with nothing to do (measured: about 0.7 s of every second
+# idle, docs/performance.md). 20 ms keeps the queue fed at the cost of a few more wake-ups.
+FETCH_QUEUE_BACKOFF_MS = 20
+
+
+class CopyFailed(Exception):
+    """An object could not be copied from another store: read Kafka for it instead."""
+
+    def __init__(self, source: str, key: str, detail: str) -> None:
+        super().__init__(f"copy of {key} from {source} failed: {detail}")
+        self.source = source
+        self.key = key
+        self.detail = detail
+
+
+def coords(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record (never None for a record)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+class LaneMode(str, Enum):
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass
+class ChunkJob:
+    """A chunk on its way to the stores: its range now, its bytes when the encoder is done."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    records: int
+    nbytes: int  # raw bytes of its records: what the memory bound counts
+    encoded: Future[EncodedChunk]
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)
+
+
+@dataclass
+class InFlight:
+    chunk: ChunkJob
+    future: Future[PutOutcome]
+
+
+@dataclass
+class CatchUp:
+    """A lagging lane's own reader of Kafka, from its committed offsets to the live stream."""
+
+    consumer: Consumer
+    chunkers: dict[TP, PartitionChunker] = field(default_factory=dict)
+    copying: set[TP] = field(default_factory=set)  # partitions that copied from another store
+    # after a failed copy, a partition reads Kafka up to here (the failed object's end)
+    kafka_until: dict[TP, int] = field(default_factory=dict)
+
+
+@dataclass
+class Lane:
+    """One store: its client, its pool of puts, its position per partition."""
+
+    store: Store
+    executor: ThreadPoolExecutor
+    mode: LaneMode = LaneMode.UP
+    positions: dict[TP, int] = field(default_factory=dict)  # durable: next offset to write
+    committed: dict[TP, int] = field(default_factory=dict)  # last value committed to Kafka
+    dispatched: dict[TP, int] = field(default_factory=dict)  # end + 1 of the last chunk queued
+    inflight: dict[TP, deque[InFlight]] = field(default_factory=dict)
+    live: set[TP] = field(default_factory=set)  # partitions fed by the live stream
+    conflicted: set[TP] = field(default_factory=set)
+    pending_bytes: int = 0
+    catchup: CatchUp | None = None
+    probe: Future[None] | None = None
+    next_probe_at: float = 0.0
+    down_reason: str = ""
+    progress: ProgressLog | None = None
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+
+@dataclass
+class PartitionState:
+    tp: TP
+    chunker: PartitionChunker
+    plan: CutPlan
+    ready: bool = True  # False: waits for a down store's listing to know its cuts
+    paused: bool = False
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the CLI summary and the tests."""
+
+    records_in: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    objects: dict[str, dict[str, int]] = field(default_factory=dict)
+    records_out: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceState:
+    """What every part of the loop reads: the settings, the lanes and the partitions.
+    The containers are shared (a part changes them in place); `dlq`, `dlq_dirty` and
+    `consumer` are set once the run starts."""
+
+    settings: Settings
+    registry: SchemaRegistry
+    metrics: Metrics
+    rules: ChunkRules
+    lanes: list[Lane]
+    parts: dict[TP, PartitionState] = field(default_factory=dict)
+    stats: RunStats = field(default_factory=RunStats)
+    abort: threading.Event = field(default_factory=threading.Event)  # stop retrying puts
+    dlq: DeadLetterWriter | None = None
+    dlq_dirty: bool = False  # dead letters sent since the last flush
+    consumer: Consumer | None = None
+    max_lane_bytes: int = field(init=False)  # each lane's share of max_buffer_bytes
+
+    def __post_init__(self) -> None:
+        self.max_lane_bytes = self.settings.max_buffer_bytes // max(len(self.lanes), 1)
+
+    def lane(self, name: str) -> Lane:
+        return next(ln for ln in self.lanes if ln.name == name)
