@@ -7,6 +7,8 @@ logging them or putting them in an error never reveals them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 from pathlib import Path
@@ -32,8 +34,6 @@ def _split_csv(value: Any) -> Any:
 def sse_customer_key_bytes(key: SecretStr) -> bytes:
     """The 32 raw bytes of an SSE-C key given as base64; ValueError (without the key) if the
     text is not base64 or does not decode to 32 bytes."""
-    import base64
-    import binascii
 
     try:
         raw = base64.b64decode(key.get_secret_value().strip(), validate=True)

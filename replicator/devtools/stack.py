@@ -35,11 +35,18 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import boto3
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
 from replicator.errors import ReplicatorError
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobServiceClient
-    from confluent_kafka.admin import AdminClient
     from mypy_boto3_s3.client import S3Client
 
 HOST = "127.0.0.1"
@@ -615,8 +622,6 @@ class LocalStack:
     def admin(self) -> AdminClient:
         """The stack's Kafka AdminClient, kept for the object's lifetime."""
         if self._admin is None:
-            from confluent_kafka.admin import AdminClient
-
             conf: dict[str, Any] = {
                 "bootstrap.servers": self.kafka_bootstrap,
                 "logger": kafka_log,
@@ -628,9 +633,6 @@ class LocalStack:
     @property
     def s3(self) -> S3Client:
         if self._s3 is None:
-            import boto3
-            from botocore.config import Config
-
             self._s3 = boto3.client(
                 "s3",
                 endpoint_url=self.s3_endpoint,
@@ -649,8 +651,6 @@ class LocalStack:
     @property
     def blob(self) -> BlobServiceClient:
         if self._blob is None:
-            from azure.storage.blob import BlobServiceClient
-
             self._blob = BlobServiceClient.from_connection_string(
                 self.azure_connection_string,
                 retry_total=0,
@@ -872,15 +872,11 @@ class LocalStack:
         if not all(port_open(port) for port in self.ports.service_ports(service)):
             return False
         if service == "kafka":
-            from confluent_kafka import KafkaException
-
             try:
                 return bool(self.admin.list_topics(timeout=2).brokers)
             except KafkaException:
                 return False
         if service == "s3":
-            from botocore.exceptions import BotoCoreError, ClientError
-
             try:
                 self.s3.head_bucket(Bucket=self.bucket)
             except ClientError as exc:
@@ -889,7 +885,6 @@ class LocalStack:
             except BotoCoreError:
                 return False
             return self._seaweed_volumes_registered()
-        from azure.core.exceptions import AzureError, HttpResponseError
 
         try:
             self.blob.get_container_client(self.container).get_container_properties()
@@ -1048,8 +1043,6 @@ class LocalStack:
     def create_topics(self, names: list[str], partitions: int) -> None:
         """Create the topics if absent (an existing topic keeps its partition count) and wait
         until the broker's metadata lists them."""
-        from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.cimpl import NewTopic
 
         if not names:
             return
@@ -1101,7 +1094,6 @@ class LocalStack:
 
     def create_bucket(self, name: str) -> None:
         """Create the S3 bucket if absent."""
-        from botocore.exceptions import ClientError
 
         try:
             self.s3.create_bucket(Bucket=name)
@@ -1112,7 +1104,6 @@ class LocalStack:
 
     def create_container(self, name: str) -> None:
         """Create the Azure container if absent."""
-        from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         try:
             self.blob.create_container(name)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
 from replicator.config import Settings
 from replicator.errors import ConfigError
 
@@ -42,7 +44,6 @@ def _conn_parts(connection_string: str) -> dict[str, str]:
 
 def container_sas_url(settings: Settings, hours: float = 2.0) -> str:
     """The Azure container's URL with a read+list SAS (a secret)."""
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
     if settings.azure_connection_string is None or settings.azure_container is None:
         raise ConfigError("rclone check needs the Azure store configured")

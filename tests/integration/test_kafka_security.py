@@ -22,6 +22,7 @@ replicates through SASL into both stores of the session stack, and neither its l
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ from pydantic import SecretStr
 from replicator.config import Settings
 from replicator.errors import StoreError
 from replicator.stores.s3 import S3Store
+from tests.support import checker
 from tests.support.broker import free_port, own_tansu
 from tests.support.faultproxy import FaultProxy, make_ca
 from tests.support.produce import Produced, produce_records
@@ -217,7 +219,6 @@ def _assert_in_both_stores(stack: Any, settings: Settings, produced: Produced) -
         if b.name.endswith(".avro")
     ]
     assert s3_keys and sorted(s3_keys) == sorted(blobs)
-    from tests.support import checker
 
     content = checker.decode_objects(
         checker.s3_objects(stack.env(), settings.s3_bucket, settings.s3_prefix + "/")
@@ -313,7 +314,6 @@ def _ssec_settings(base: Settings, endpoint: str, key: bytes) -> Settings:
 def test_s3_sse_c_round_trip_or_headers_on_the_wire(
     stack: Any, settings_factory: Callable[..., Settings]
 ) -> None:
-    import hashlib
 
     key = bytes(range(32))
     key_md5 = base64.b64encode(hashlib.md5(key).digest()).decode()

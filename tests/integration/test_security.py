@@ -14,6 +14,7 @@ Kafka SASL and TLS end to end are in tests/integration/test_kafka_security.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from replicator.config import Settings
 from replicator.errors import StoreError
 from replicator.stores.azure import AzureBlobStore
 from replicator.stores.s3 import S3Store
+from tests.support import checker
 from tests.support.faultproxy import FaultProxy, make_ca
 from tests.support.produce import produce_records
 from tests.support.service import Service, settings_env, wait_committed
@@ -112,7 +114,6 @@ def test_https_to_both_stores_with_a_custom_ca_and_only_under_the_prefix(
 def assert_replicated_under(
     settings: Settings, env: dict[str, str], produced: Any, prefix: str
 ) -> None:
-    from tests.support import checker
 
     original_s3, original_az = checker.s3_objects, checker.azure_objects
     s3 = original_s3(env, settings.s3_bucket or "", prefix)
@@ -174,7 +175,6 @@ def test_server_side_encryption_settings_reach_the_requests(
 
 
 def _md5(data: bytes) -> bytes:
-    import hashlib
 
     return hashlib.md5(data).digest()
 

@@ -23,7 +23,7 @@ from tests.support.checker import (
     s3_objects,
 )
 from tests.support.checker import md5s as checker_md5s
-from tests.support.ops import cli, ops, rebuild, replace, replicate, report_json
+from tests.support.ops import cli, ops, ranges, rebuild, replace, replicate, report_json
 from tests.support.produce import Produced, produce_records
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,6 @@ def test_divergence_is_found_named_precisely_and_repaired(
     assert report_json(report_path)["status"] == "aligned"
 
     with ops(settings) as ctx:
-        from tests.support.ops import ranges
-
         cut = {tp: ranges(ctx, "s3", tp) for tp in produced.ends}
         # 1. an object deleted from azure
         deleted = covering(cut[(a, 0)], 110)

@@ -22,6 +22,8 @@ method, path and headers are kept in `requests` (to show which headers reached t
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import random
 import socket
 import ssl
@@ -30,6 +32,11 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 HOST = "127.0.0.1"
 _MAX_HEAD = 64 * 1024
@@ -319,13 +326,6 @@ def _close(sock: socket.socket) -> None:
 def make_ca(directory: Path, host: str = HOST) -> tuple[Path, Path, Path]:
     """A fresh CA and a server certificate for `host` signed by it:
     (ca.pem, server.pem, server.key). Uses the `cryptography` package."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)

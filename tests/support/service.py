@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,8 +29,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         elif isinstance(value, list):
             text = ",".join(str(v) for v in value)
         elif isinstance(value, dict):
-            import json
-
             text = json.dumps(value)
         else:
             text = str(value)

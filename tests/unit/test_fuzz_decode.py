@@ -6,13 +6,14 @@ Bounded: the whole file runs in a few seconds.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.devtools.synthetic import SyntheticSource
+from replicator.devtools.synthetic import SyntheticSource, random_nir
 from replicator.judge.rules import (
     _find_nir_fast,
     check_record,
@@ -156,9 +157,6 @@ def test_find_nir_never_crashes_and_the_fast_path_agrees(text: str) -> None:
     sep=st.sampled_from([" ", "\n", ";", "_", "(", "-"]),
 )
 def test_a_nir_standing_alone_is_always_found(before: str, after: str, seed: int, sep: str) -> None:
-    import random
-
-    from replicator.devtools.synthetic import random_nir
 
     nir = random_nir(random.Random(seed))
     text = before + sep + nir + sep + after

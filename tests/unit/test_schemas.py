@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
@@ -97,7 +98,6 @@ def test_schema_json_is_the_stored_schema_compact_and_deterministic(
 
 def test_schema_json_is_usable_as_a_container_header(registry: SchemaRegistry) -> None:
     """A container header made from schema_json reads the raw bodies back."""
-    import fastavro
 
     schema = registry.get(3)
     parsed = parse_schema(json.loads(schema.schema_json))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from replicator.container import encode_container
+from replicator.container import encode_container, zigzag_varint
 from replicator.keys import object_key
 from replicator.model import RawRecord
 from replicator.ops.findings import (
@@ -231,7 +231,6 @@ def _container(first: int, last: int, records: list[RawRecord]) -> tuple[str, by
 
 
 def _body(n: int) -> bytes:
-    from replicator.container import zigzag_varint
 
     return zigzag_varint(n)
 
