@@ -32,7 +32,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import cast
 
 import fastavro
 
@@ -184,8 +183,6 @@ def encode_envelope(
 
 
 def encode_record(record: RawRecord, branch: int) -> bytes:
-    if branch == 0 and record.envelope is not None:
-        return record.envelope
     return encode_envelope(record.offset, record.timestamp_ms, record.key, record.body, branch)
 
 
@@ -244,20 +241,10 @@ def encode_container(
     return bytes(out)
 
 
-# A union branch below 64 is one byte: zigzag_varint(b) == bytes((2 * b,)).
-_BRANCH_BYTES = tuple(bytes((2 * b,)) for b in range(64))
-
-
 def _encoded_records(
     records: Sequence[RawRecord], schema_ids: Sequence[int], branches: Mapping[int, int]
 ) -> list[bytes]:
-    """Each record's envelope bytes. A record whose envelope was made already (branch 0, by a
-    decode worker) is used as it is, or has its one branch byte replaced, which is cheaper
-    than encoding it again; the bytes are those of `encode_record` either way."""
-    if len(branches) == 1 and records:
-        encoded = [record.envelope for record in records]
-        if None not in encoded and set(schema_ids) == branches.keys():
-            return cast(list[bytes], encoded)
+    """Each record's envelope bytes (`encode_record`), made in C when the extension is built."""
     if _native_envelopes is not None and len(branches) <= 64:
         try:
             per_record = [branches[sid] for sid in schema_ids]
@@ -273,16 +260,7 @@ def _encoded_records(
             branch = branches[sid]
         except KeyError:
             raise ValueError(f"no schema given for schema id {sid}") from None
-        envelope = record.envelope
-        if envelope is None:
-            append(encode_record(record, branch))
-        elif branch == 0:
-            append(envelope)
-        elif branch < 64:
-            head = len(envelope) - len(record.body) - 1  # where branch 0 (b"\x00") sits
-            append(envelope[:head] + _BRANCH_BYTES[branch] + record.body)
-        else:
-            append(encode_record(record, branch))
+        append(encode_record(record, branch))
     return out
 
 

@@ -21,6 +21,3 @@ class RawRecord(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     body: bytes
-    # encode_record(self, 0), when already made (a decode worker makes it, off the main
-    # thread): a chunk with one writer schema joins these bytes as they are.
-    envelope: bytes | None = None

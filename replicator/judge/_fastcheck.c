@@ -7,10 +7,9 @@
  * fast path of `replicator.checks_compiled` (itself checked against the specification,
  * `replicator.validation.check_record`).
  *
- * Contract: it only ever says "good". For each item it returns either the record's
- * envelope (`container.encode_envelope(offset, timestamp, key, body, 0)`), which means the
- * Python path would have judged the record good with exactly that envelope, or None, which
- * means "not sure": the caller then judges that item in Python, which names the reason of a
+ * Contract: it only ever says "good". For each item it returns either the program's verdict
+ * (schema id, "", ""), which means the Python path would have judged the record good, or
+ * None, which means "not sure": the caller then judges that item in Python, which names the reason of a
  * bad record. Anything unusual gives None: a non-ASCII string, a varint longer than 64 bits,
  * an out-of-range union or enum index, a value at a rule's edge it does not model, trailing
  * bytes. The program of each schema is made in Python (`replicator.checks_native`), which
@@ -407,30 +406,25 @@ static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py
     return out;
 }
 
-/* accept(programs, items, max_bytes, envelopes=True) -> (verdicts, envelopes)
+/* accept(programs, items, max_bytes) -> verdicts
  * programs: {schema id header as a big-endian int: Program}
  * items: list of (schema topic, value, offset, timestamp ms, key)
- * Each verdict is the program's (schema id, "", "") or None ("not sure"); each envelope is
- * bytes or None, in the items' order. */
+ * Each verdict is the program's (schema id, "", "") or None ("not sure"), in the items'
+ * order. */
 static PyObject *accept(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *programs, *items;
     Py_ssize_t max_bytes;
-    int want_envelopes = 1;
-    if (!PyArg_ParseTuple(args, "O!O!n|p", &PyDict_Type, &programs, &PyList_Type, &items,
-                          &max_bytes, &want_envelopes))
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyDict_Type, &programs, &PyList_Type, &items,
+                          &max_bytes))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *verdicts = PyList_New(n);
-    PyObject *envelopes = PyList_New(n);
-    if (verdicts == NULL || envelopes == NULL) goto error;
+    if (verdicts == NULL) goto error;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
-        PyObject *verdict = Py_None, *env = Py_None;
         Py_INCREF(Py_None);
-        Py_INCREF(Py_None);
-        PyList_SET_ITEM(verdicts, i, verdict);
-        PyList_SET_ITEM(envelopes, i, env);
+        PyList_SET_ITEM(verdicts, i, Py_None);
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 5) continue;
         PyObject *topic = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
         PyObject *offset_obj = PyTuple_GET_ITEM(item, 2), *ts_obj = PyTuple_GET_ITEM(item, 3);
@@ -470,30 +464,20 @@ static PyObject *accept(PyObject *self, PyObject *args) {
             continue;
         }
         if (!body_passes(p, v + 5, v + len)) continue;
-        if (want_envelopes) {
-            PyObject *made = envelope(offset, ts, key == Py_None ? NULL : PyBytes_AS_STRING(key),
-                                      key == Py_None ? 0 : PyBytes_GET_SIZE(key),
-                                      (const char *)v + 5, len - 5);
-            if (made == NULL) goto error;
-            PyList_SET_ITEM(envelopes, i, made);
-            Py_DECREF(Py_None);
-        }
         Py_INCREF(p->verdict);
         PyList_SET_ITEM(verdicts, i, p->verdict);
         Py_DECREF(Py_None);
     }
-    return Py_BuildValue("(NN)", verdicts, envelopes);
+    return verdicts;
 error:
     Py_XDECREF(verdicts);
-    Py_XDECREF(envelopes);
     return NULL;
 }
 
 /* envelopes(records, branches) -> list of bytes
- * records: sequence of container.RawRecord (offset, timestamp_ms, key, body, envelope);
+ * records: sequence of model.RawRecord (offset, timestamp_ms, key, body);
  * branches: the union branch of each record (0 <= branch < 64). The bytes of
- * container.encode_record(record, branch) for each: a record's own envelope where it has one
- * and its branch is 0, else one made from its fields. */
+ * container.encode_record(record, branch) for each. */
 static PyObject *envelopes(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *records, *branches;
@@ -521,15 +505,9 @@ static PyObject *envelopes(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "branch out of range");
             goto fail;
         }
-        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != 5) {
+        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != 4) {
             PyErr_SetString(PyExc_TypeError, "records must be RawRecord tuples");
             goto fail;
-        }
-        PyObject *own = PyTuple_GET_ITEM(record, 4);
-        if (branch == 0 && PyBytes_CheckExact(own)) {
-            Py_INCREF(own);
-            PyList_SET_ITEM(out, i, own);
-            continue;
         }
         PyObject *key = PyTuple_GET_ITEM(record, 2), *body = PyTuple_GET_ITEM(record, 3);
         if (!PyBytes_Check(body) || (key != Py_None && !PyBytes_Check(key))) {
@@ -565,16 +543,15 @@ static PyMethodDef methods[] = {
      "compile(topic, verdict, ops, first_year, min_date_days, day_ms, year_start_ms, "
      "lowest_day) -> program"},
     {"accept", accept, METH_VARARGS,
-     "accept(programs, items, max_bytes, envelopes=True) -> (verdicts, envelopes); None "
-     "where not sure (envelopes: all None when not asked for)"},
+     "accept(programs, items, max_bytes) -> verdicts; None where not sure"},
     {"envelopes", envelopes, METH_VARARGS,
      "envelopes(records, branches) -> the envelope bytes of each record (encode_record)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "replicator._fastcheck",
-    "Compiled fast path of the judge (see replicator/checks_native.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "replicator.judge._fastcheck",
+    "Compiled fast path of the judge (see replicator/judge/native.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -1,4 +1,4 @@
-"""Types of the compiled extension (replicator/_fastcheck.c)."""
+"""Types of the compiled extension (replicator/judge/_fastcheck.c)."""
 
 from collections.abc import Sequence
 
@@ -24,7 +24,6 @@ def accept(
     programs: dict[int, _Program],
     items: list[tuple[str, bytes | None, int, int, bytes | None]],
     max_bytes: int,
-    envelopes: bool = ...,
     /,
-) -> tuple[list[tuple[int, str, str] | None], list[bytes | None]]: ...
+) -> list[tuple[int, str, str] | None]: ...
 def envelopes(records: Sequence[RawRecord], branches: Sequence[int], /) -> list[bytes]: ...

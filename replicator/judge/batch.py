@@ -22,7 +22,6 @@ from typing import cast
 
 from fastavro import schemaless_reader
 
-from replicator.container import encode_envelope
 from replicator.judge.compiled import Checker, checker_for
 from replicator.judge.native import extension, native_programs
 from replicator.judge.rules import check_record
@@ -61,11 +60,8 @@ def _init_worker(schemas_dir: str, max_bytes: int) -> None:
 Item = tuple[str, bytes | None, int, int, bytes | None]  # schema topic, value, offset, ts, key
 
 
-def judge_items(
-    registry: SchemaRegistry, items: list[Item], max_bytes: int, envelopes: bool = True
-) -> tuple[list[Verdict], list[bytes | None]]:
-    """The verdict of each item, in order, and for each good one its envelope record
-    (`container.encode_envelope`, first branch) when `envelopes` is set (else all None).
+def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> list[Verdict]:
+    """The verdict of each item, in order.
 
     Three paths, fastest first; a verdict never depends on the path taken:
 
@@ -76,19 +72,18 @@ def judge_items(
        verdicts to `check_record`);
     3. anything else goes through `judge`, which names the reason."""
     native = _programs(registry)
-    made: list[bytes | None]
+    verdicts: list[Verdict | None]
     if native is None:
-        verdicts: list[Verdict | None] = [None] * len(items)
-        made = [None] * len(items)
+        verdicts = [None] * len(items)
     else:
         module, programs = native
-        verdicts, made = module.accept(programs, items, max_bytes, envelopes)
+        verdicts = module.accept(programs, items, max_bytes)
     by_header = registry.by_header()
     checkers = _checkers(registry)
     for index, native_verdict in enumerate(verdicts):
         if native_verdict is not None:
             continue
-        topic, value, offset, timestamp_ms, key = items[index]
+        topic, value, _offset, _timestamp_ms, _key = items[index]
         record: object = None
         schema = None
         if value is not None and HEADER_SIZE <= len(value) <= max_bytes and value[0] == 0:
@@ -113,10 +108,7 @@ def judge_items(
                 else (None, violation.reason, violation.detail)
             )
         verdicts[index] = verdict
-        if envelopes and verdict[0] is not None:
-            assert value is not None
-            made[index] = encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
-    return cast(list[Verdict], verdicts), made
+    return cast(list[Verdict], verdicts)
 
 
 _compiled: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, Checker]] = (
@@ -145,12 +137,10 @@ def _checkers(registry: SchemaRegistry) -> dict[int, Checker]:
     return checkers
 
 
-def judge_batch(
-    items: list[Item], envelopes: bool = True
-) -> tuple[list[Verdict], list[bytes | None]]:
+def judge_batch(items: list[Item]) -> list[Verdict]:
     """In a worker: `judge_items` with the worker's registry."""
     assert _registry is not None, "worker not initialised"
-    return judge_items(_registry, items, _max_bytes, envelopes)
+    return judge_items(_registry, items, _max_bytes)
 
 
 def _ready() -> None:

@@ -42,7 +42,7 @@ class Intake:
                 list[Message],
                 list[PartitionState],
                 list[Item],
-                Future[tuple[list[Verdict], list[bytes | None]]],
+                Future[list[Verdict]],
             ]
         ] = deque()
         self._schema_topics = dict(state.settings.schema_topics)
@@ -92,15 +92,13 @@ class Intake:
             )
         if not taken:
             return
-        # No envelopes: a chunk's are made when it is encoded (`container`, in C), so that
-        # an open chunk holds each record's body once, not twice (peak RSS).
+        # A chunk's envelopes are made when it is encoded (`container`, in C), so that an open
+        # chunk holds each record's body once, not twice (peak RSS).
         if self._judges is None:
-            verdicts, _none = judge_items(
-                self.registry, items, self.settings.max_record_bytes, envelopes=False
-            )
+            verdicts = judge_items(self.registry, items, self.settings.max_record_bytes)
             self.apply_batch(taken, states, items, verdicts)
             return
-        future = self._judges.submit(judge_batch, items, False)
+        future = self._judges.submit(judge_batch, items)
         self._judged.append((taken, states, items, future))
 
     def apply_judged(self, wait: bool) -> None:
@@ -109,7 +107,7 @@ class Intake:
             wait or self._judged[0][3].done() or len(self._judged) > MAX_JUDGED_BATCHES
         ):
             taken, states, items, future = self._judged.popleft()
-            self.apply_batch(taken, states, items, future.result()[0])
+            self.apply_batch(taken, states, items, future.result())
 
     def drop_judged(self) -> None:
         """Forget batches judged for partition states that no longer exist (a rebalance or a
@@ -223,7 +221,7 @@ class Intake:
                     msg.key(),
                 )
             )
-        return judge_items(self.registry, items, self.settings.max_record_bytes, False)[0]
+        return judge_items(self.registry, items, self.settings.max_record_bytes)
 
     def plan_conflict(self, tp: TP, exc: PlanConflict) -> None:
         log.error("cut_conflict", extra=fields(topic=tp[0], partition=tp[1], error=str(exc)))

@@ -1,8 +1,8 @@
-"""The compiled fast path (`replicator/_fastcheck.c`, programs from `checks_native`) only
-ever says "good", and only where the Python path says so too, with the same envelope.
+"""The compiled fast path (`replicator/judge/_fastcheck.c`, programs from `judge/native.py`)
+only ever says "good", and only where the Python path says so too.
 
-Differential tests against `judge.judge` (decode_wire, then the specification
-`validation.check_record`) and `container.encode_envelope`: synthetic good and bad records,
+Differential tests against `judge.batch.judge` (decode_wire, then the specification
+`judge.rules.check_record`): synthetic good and bad records,
 hypothesis records near every rule's edge, byte-level mutations of good values, hand-made
 schemas, and hand-made encodings the extension must leave to Python. The extension must be
 built (`make setup`): a missing build fails here instead of silently running slower.
@@ -20,7 +20,7 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicator.container import encode_envelope, encode_record, zigzag_varint
+from replicator.container import encode_record, zigzag_varint
 from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
 from replicator.judge.batch import GOOD, Item, judge, judge_items
 from replicator.judge.native import compiled, extension, native_programs, program_ops
@@ -62,21 +62,17 @@ PROGRAMS = native_programs(REGISTRY)
 
 def _agree(items: list[Item], programs: dict[int, object] | None = None) -> int:
     """Assert every item the extension accepts is good for the Python path, with the same
-    verdict and envelope; return how many it accepted."""
-    verdicts, envelopes = _module().accept(programs or PROGRAMS, items, MAX_BYTES)
-    assert len(verdicts) == len(envelopes) == len(items)
+    verdict; return how many it accepted."""
+    verdicts = _module().accept(programs or PROGRAMS, items, MAX_BYTES)
+    assert len(verdicts) == len(items)
     accepted = 0
-    for (topic, value, offset, timestamp_ms, key), verdict, envelope in zip(
-        items, verdicts, envelopes, strict=True
-    ):
+    for (topic, value, _offset, _timestamp_ms, _key), verdict in zip(items, verdicts, strict=True):
         if verdict is None:
-            assert envelope is None
             continue
         assert value is not None
         if programs is None:
             assert judge(REGISTRY, topic, value, MAX_BYTES) == verdict
         assert verdict[1:] == (GOOD, GOOD)
-        assert envelope == encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
         accepted += 1
     return accepted
 
@@ -102,7 +98,7 @@ def test_the_extension_is_built_and_takes_every_project_schema() -> None:
     assert sorted(PROGRAMS) == sorted(REGISTRY.ids())  # header bytes 00 00 00 0n
 
 
-def test_every_good_synthetic_record_is_accepted_with_its_envelope() -> None:
+def test_every_good_synthetic_record_is_accepted() -> None:
     source = SyntheticSource(21, REGISTRY, v2_share=0.5)
     items: list[Item] = []
     for index in range(4_000):
@@ -306,7 +302,7 @@ def test_hand_made_schemas_agree(data: st.DataObject, schema: RegisteredSchema) 
     value = _wire(schema, data.draw(_record_strategy(schema)))
     if value is None:
         return
-    verdicts, _envelopes = _module().accept(programs, [_item(schema, value)], MAX_BYTES)
+    verdicts = _module().accept(programs, [_item(schema, value)], MAX_BYTES)
     if verdicts[0] is not None:
         record = _decode(schema, value[HEADER_SIZE:])
         assert record is not None
@@ -329,9 +325,8 @@ def _header(schema: RegisteredSchema) -> bytes:
 
 def _all_left_to_python(items: Iterable[Item]) -> None:
     listed = list(items)
-    verdicts, envelopes = _module().accept(PROGRAMS, listed, MAX_BYTES)
+    verdicts = _module().accept(PROGRAMS, listed, MAX_BYTES)
     assert verdicts == [None] * len(listed)
-    assert envelopes == [None] * len(listed)
 
 
 def test_unusual_encodings_and_values_are_left_to_python() -> None:
@@ -376,9 +371,9 @@ def test_items_that_do_not_fit_are_left_to_python() -> None:
         (schema.topic, bytearray(good), 1, 2, None),  # not bytes
         (schema.topic, good, 1, 2),  # not an item
     ]
-    verdicts, _envelopes = _module().accept(PROGRAMS, cases, MAX_BYTES)
+    verdicts = _module().accept(PROGRAMS, cases, MAX_BYTES)
     assert verdicts == [None] * len(cases)
-    verdicts, _envelopes = _module().accept(PROGRAMS, [(schema.topic, good, 1, 2, None)], 64)
+    verdicts = _module().accept(PROGRAMS, [(schema.topic, good, 1, 2, None)], 64)
     assert verdicts == [None]  # longer than max_bytes
 
 
@@ -394,19 +389,11 @@ _RECORDS = st.builds(
 
 
 @FUZZ
-@given(
-    records=st.lists(
-        st.tuples(_RECORDS, st.integers(0, 63), st.booleans()), min_size=0, max_size=30
-    )
-)
-def test_envelopes_are_those_of_encode_record(records: list[tuple[RawRecord, int, bool]]) -> None:
-    """Every branch, key and varint length; with or without the envelope a decode worker
-    made (branch 0), which is used as it is."""
-    chunk = [
-        record._replace(envelope=encode_record(record, 0)) if made else record
-        for record, _branch, made in records
-    ]
-    branches = [branch for _record, branch, _made in records]
+@given(records=st.lists(st.tuples(_RECORDS, st.integers(0, 63)), min_size=0, max_size=30))
+def test_envelopes_are_those_of_encode_record(records: list[tuple[RawRecord, int]]) -> None:
+    """Every branch, key and varint length."""
+    chunk = [record for record, _branch in records]
+    branches = [branch for _record, branch in records]
     assert _module().envelopes(chunk, branches) == [
         encode_record(record, branch) for record, branch in zip(chunk, branches, strict=True)
     ]

@@ -33,7 +33,6 @@ from replicator.container import (
     FORMAT_VERSION,
     MAGIC,
     encode_container,
-    encode_envelope,
     encode_record,
     envelope_schema,
     namespaced,
@@ -949,29 +948,10 @@ def test_exact_bytes_match_the_container_layout_over_several_blocks(
         assert sample.encode(codec="null") == _independent(sample, "null")
 
 
-def test_envelopes_made_ahead_give_the_same_bytes(
-    samples: dict[str, Sample], mixed_samples: dict[str, Sample]
-) -> None:
-    """A decode worker makes each record's envelope with branch 0; in a chunk mixing schemas
-    the encoder swaps that one byte for the record's branch. The file is byte for byte the
-    one made from the bodies alone, whichever records came with an envelope."""
-    for sample in (samples["several_blocks"], mixed_samples["several_blocks"]):
-        for every in (1, 3):  # all records with an envelope, then a third of them
-            ahead = [
-                r._replace(envelope=encode_envelope(r.offset, r.timestamp_ms, r.key, r.body, 0))
-                if i % every == 0
-                else r
-                for i, r in enumerate(sample.records)
-            ]
-            made = Sample(sample.schemas, ahead, sample.schema_ids, sample.expected)
-            for codec in CODECS:
-                assert made.encode(codec=codec) == sample.encode(codec=codec)
-
-
-def test_a_schema_id_without_its_schema_is_refused_even_with_envelopes() -> None:
+def test_a_schema_id_without_its_schema_is_refused() -> None:
     schema = '{"type":"bytes"}'
     body = _body(schema, b"x")
-    record = RawRecord(0, 0, None, body, encode_envelope(0, 0, None, body, 0))
+    record = RawRecord(0, 0, None, body)
     with pytest.raises(ValueError, match="no schema given for schema id 6"):
         encode_container(KEY, {5: schema}, [record, record], [5, 6], {}, codec="null")
 

@@ -1,31 +1,20 @@
 """The batch judge: `judge_items` takes a fast path for well-formed values, and its verdicts
-and envelopes are exactly those of `judge` (decode_wire, then check_record) and
-`encode_envelope`, record by record, whatever the input."""
+are exactly those of `judge` (decode_wire, then check_record), record by record, whatever
+the input."""
 
 from __future__ import annotations
 
 from replicator.config import DEFAULT_SCHEMAS_DIR
-from replicator.container import encode_envelope
 from replicator.devtools.synthetic import BAD_KINDS, EXPECTED_REASON, SyntheticSource
-from replicator.judge.batch import GOOD, Item, judge, judge_items
+from replicator.judge.batch import GOOD, Item, Verdict, judge, judge_items
 from replicator.schemas import HEADER_SIZE, SchemaRegistry
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 MAX_BYTES = 1 << 20
 
 
-def _one_by_one(items: list[Item], max_bytes: int) -> tuple[list[object], list[bytes | None]]:
-    verdicts: list[object] = []
-    envelopes: list[bytes | None] = []
-    for topic, value, offset, timestamp_ms, key in items:
-        verdict = judge(REGISTRY, topic, value, max_bytes)
-        verdicts.append(verdict)
-        envelopes.append(
-            None
-            if verdict[0] is None or value is None
-            else encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
-        )
-    return verdicts, envelopes
+def _one_by_one(items: list[Item], max_bytes: int) -> list[Verdict]:
+    return [judge(REGISTRY, topic, value, max_bytes) for topic, value, _o, _t, _k in items]
 
 
 def _workload(seed: int, count: int) -> tuple[list[Item], list[str]]:
@@ -48,13 +37,12 @@ def _workload(seed: int, count: int) -> tuple[list[Item], list[str]]:
     return items, expected
 
 
-def test_every_verdict_and_envelope_is_the_one_record_by_record_judging_gives() -> None:
+def test_every_verdict_is_the_one_record_by_record_judging_gives() -> None:
     items, expected = _workload(seed=11, count=3000)
-    verdicts, envelopes = judge_items(REGISTRY, items, MAX_BYTES)
-    assert (verdicts, envelopes) == _one_by_one(items, MAX_BYTES)
+    verdicts = judge_items(REGISTRY, items, MAX_BYTES)
+    assert verdicts == _one_by_one(items, MAX_BYTES)
     assert [v[1] for v in verdicts] == expected
-    good = [e for e in envelopes if e is not None]
-    assert len(good) == expected.count(GOOD) == 2700
+    assert sum(v[0] is not None for v in verdicts) == expected.count(GOOD) == 2700
 
 
 def test_edge_values_take_the_slow_path_and_get_its_reasons() -> None:
@@ -71,8 +59,8 @@ def test_edge_values_take_the_slow_path_and_get_its_reasons() -> None:
         (other_topic, value, 5, 0, None),  # the schema of another topic
         (topic, value, 6, -1, b""),  # good: no timestamp, empty key
     ]
-    verdicts, envelopes = judge_items(REGISTRY, items, MAX_BYTES)
-    assert (verdicts, envelopes) == _one_by_one(items, MAX_BYTES)
+    verdicts = judge_items(REGISTRY, items, MAX_BYTES)
+    assert verdicts == _one_by_one(items, MAX_BYTES)
     assert [v[1] for v in verdicts] == [
         "not_wire_format",
         "not_wire_format",
@@ -86,4 +74,4 @@ def test_edge_values_take_the_slow_path_and_get_its_reasons() -> None:
     # a limit below the value's size: oversized, on both paths
     small = judge_items(REGISTRY, items[-1:], len(value) - 1)
     assert small == _one_by_one(items[-1:], len(value) - 1)
-    assert small[0][0][1] == "oversized"
+    assert small[0][1] == "oversized"
