@@ -22,10 +22,10 @@ from replicator.devtools.stack import (
     DEMO_DEAD_LETTER_TOPIC,
     DEMO_PARTITIONS,
     DEMO_TOPICS,
-    FreshNames,
     LocalStack,
     StackPorts,
 )
+from tests.support.fresh import FreshNames, create_fresh
 
 FRESH_PARTITIONS = 3
 
@@ -61,7 +61,7 @@ def admin(stack: LocalStack) -> AdminClient:
 def fresh(request: pytest.FixtureRequest, stack: LocalStack) -> FreshNames:
     """Two topics (3 partitions each), a dead-letter topic, a bucket, a container and a
     consumer group id, unique to this test and created on the session stack."""
-    return stack.create_fresh(request.node.name, partitions=FRESH_PARTITIONS)
+    return create_fresh(stack, request.node.name, partitions=FRESH_PARTITIONS)
 
 
 @pytest.fixture

@@ -29,8 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -395,26 +394,6 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     env.update(extra or {})
     return env
-
-
-@dataclass(frozen=True)
-class FreshNames:
-    """Names unique to one user of a shared stack (a test, a benchmark run), created by
-    `LocalStack.create_fresh()`."""
-
-    topics: list[str]
-    dead_letter_topic: str
-    bucket: str
-    container: str
-    group_id: str
-    partitions: int
-
-
-def _slug(text: str, length: int) -> str:
-    """Lowercase letters, digits and single hyphens: valid in topic, bucket and container
-    names."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:length].strip("-") or "x"
 
 
 # Run as `python -I -c _LAUNCHER COMMAND...`: starts COMMAND in a session of its own, with
@@ -1075,23 +1054,6 @@ class LocalStack:
         if not _wait_until(listed, 15.0):
             raise StackError(f"kafka: topics {', '.join(names)} not in the metadata after 15s")
 
-    def create_fresh(self, label: str, partitions: int = 3) -> FreshNames:
-        """Create two topics, a dead-letter topic, a bucket and a container with names unique
-        to this call (label + random suffix), and return the names with a group id."""
-        base = f"{_slug(label, 24)}-{uuid.uuid4().hex[:10]}"
-        names = FreshNames(
-            topics=[f"t.{base}.a", f"t.{base}.b"],
-            dead_letter_topic=f"t.{base}.dead-letter",
-            bucket=f"b-{base}",
-            container=f"c-{base}",
-            group_id=f"g-{base}",
-            partitions=partitions,
-        )
-        self.create_topics([*names.topics, names.dead_letter_topic], partitions)
-        self.create_bucket(names.bucket)
-        self.create_container(names.container)
-        return names
-
     def create_bucket(self, name: str) -> None:
         """Create the S3 bucket if absent."""
 
@@ -1148,13 +1110,3 @@ def _volume_ids(tree: Any) -> set[int]:
 
 def _wait_port_closed(port: int, timeout: float) -> bool:
     return _wait_until(lambda: not port_open(port), timeout)
-
-
-@contextlib.contextmanager
-def running_stack(stack: LocalStack) -> Iterator[LocalStack]:
-    """`with running_stack(LocalStack(...)) as stack:` up at entry, down at exit (always)."""
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()

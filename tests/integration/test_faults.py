@@ -44,6 +44,7 @@ from tests.support.checker import (
     s3_objects,
 )
 from tests.support.faultproxy import FaultProxy, Mode
+from tests.support.fresh import create_fresh
 from tests.support.produce import (
     Produced,
     commit_offsets,
@@ -608,7 +609,7 @@ def test_fault_loses_doubles_and_diverges_nothing(
     rng = random.Random(f"{fault}/{RUNS}")
     for index in range(RUNS):
         started = time.monotonic()
-        names = stack.create_fresh(f"f{index}", partitions=PARTITIONS)
+        names = create_fresh(stack, f"f{index}", partitions=PARTITIONS)
         settings = base.model_copy(
             update={
                 "topics": list(names.topics),

@@ -20,7 +20,6 @@ from replicator.config import load_settings
 from replicator.devtools.stack import (
     ENV_KEYS,
     SERVICES,
-    FreshNames,
     LocalStack,
     StackError,
     StackPorts,
@@ -28,6 +27,7 @@ from replicator.devtools.stack import (
     port_open,
 )
 from replicator.errors import ReplicatorError
+from tests.support.fresh import FreshNames
 
 REQUIRED_ENV_KEYS = {
     "kafka_bootstrap",
