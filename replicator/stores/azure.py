@@ -49,6 +49,16 @@ from urllib3.util.retry import Retry
 
 from replicator.errors import ConfigError, ConflictError, StoreError, StoreErrorKind
 from replicator.stores.base import ObjectInfo, PutOutcome
+from replicator.stores.common import (
+    DEFAULT_CONTENT_TYPE,
+    ErrorCodes,
+    common_message,
+    error_detail,
+    full_key,
+    normalize_prefix,
+    quiet_loggers,
+    response_kind,
+)
 
 if TYPE_CHECKING:
     from replicator.config import Settings
@@ -63,7 +73,6 @@ __all__ = [
     "quiet_sdk_loggers",
 ]
 
-DEFAULT_CONTENT_TYPE = "application/avro"
 DEFAULT_MAX_SINGLE_PUT_BYTES = 256 * 1024 * 1024
 
 SDK_LOGGERS = ("azure", "urllib3")
@@ -71,31 +80,33 @@ SDK_LOGGERS = ("azure", "urllib3")
 # Azure metadata names must be valid C# identifiers (and are case-insensitive).
 _METADATA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_AUTH_CODES = frozenset(
-    {
-        "AuthenticationFailed",
-        "AuthorizationFailure",
-        "AuthorizationPermissionMismatch",
-        "AuthorizationProtocolMismatch",
-        "AuthorizationResourceTypeMismatch",
-        "AuthorizationServiceMismatch",
-        "AuthorizationSourceIPMismatch",
-        "InsufficientAccountPermissions",
-        "InvalidAuthenticationInfo",
-        "KeyBasedAuthenticationNotPermitted",
-        "NoAuthenticationInformation",
-    }
+_CODES = ErrorCodes(
+    digest=frozenset({"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"}),
+    auth=frozenset(
+        {
+            "AuthenticationFailed",
+            "AuthorizationFailure",
+            "AuthorizationPermissionMismatch",
+            "AuthorizationProtocolMismatch",
+            "AuthorizationResourceTypeMismatch",
+            "AuthorizationServiceMismatch",
+            "AuthorizationSourceIPMismatch",
+            "InsufficientAccountPermissions",
+            "InvalidAuthenticationInfo",
+            "KeyBasedAuthenticationNotPermitted",
+            "NoAuthenticationInformation",
+        }
+    ),
+    not_found=frozenset({"ContainerNotFound", "BlobNotFound", "ResourceNotFound"}),
+    unavailable=frozenset(
+        {
+            "ContainerBeingDeleted",
+            "InternalError",
+            "OperationTimedOut",
+            "ServerBusy",
+        }
+    ),
 )
-_NOT_FOUND_CODES = frozenset({"ContainerNotFound", "BlobNotFound", "ResourceNotFound"})
-_UNAVAILABLE_CODES = frozenset(
-    {
-        "ContainerBeingDeleted",
-        "InternalError",
-        "OperationTimedOut",
-        "ServerBusy",
-    }
-)
-_DIGEST_CODES = frozenset({"Md5Mismatch", "Crc64Mismatch", "InvalidMd5"})
 
 
 def quiet_sdk_loggers(level: int = logging.WARNING) -> None:
@@ -104,8 +115,7 @@ def quiet_sdk_loggers(level: int = logging.WARNING) -> None:
     Below WARNING, azure-core and urllib3 log request URLs, and with a SAS connection string
     the SAS token is part of every URL.
     """
-    for name in SDK_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+    quiet_loggers(SDK_LOGGERS, level)
 
 
 def azure_error_kind(status: int | None, code: str | None, message: str = "") -> StoreErrorKind:
@@ -114,17 +124,9 @@ def azure_error_kind(status: int | None, code: str | None, message: str = "") ->
     `message` is only looked at for Azurite, which refuses a wrong MD5 with 400
     InvalidOperation "Provided contentMD5 doesn't match." (Azure answers 400 Md5Mismatch).
     """
-    if code in _DIGEST_CODES or (
-        code == "InvalidOperation" and status == 400 and "md5" in message.lower()
-    ):
+    if code == "InvalidOperation" and status == 400 and "md5" in message.lower():
         return StoreErrorKind.BAD_DIGEST
-    if code in _AUTH_CODES or status in (401, 403):
-        return StoreErrorKind.AUTH
-    if code in _NOT_FOUND_CODES or status == 404:
-        return StoreErrorKind.NOT_FOUND
-    if code in _UNAVAILABLE_CODES or status in (408, 429) or (status is not None and status >= 500):
-        return StoreErrorKind.UNAVAILABLE
-    return StoreErrorKind.OTHER
+    return response_kind(_CODES, code, status)
 
 
 def azure_exception_kind(exc: Exception) -> StoreErrorKind:
@@ -171,11 +173,6 @@ def _message(exc: AzureError) -> str:
     return str(getattr(exc, "reason", "") or "") + " " + str(getattr(exc, "message", "") or "")
 
 
-def _normalize_prefix(prefix: str) -> str:
-    stripped = prefix.strip("/")
-    return f"{stripped}/" if stripped else ""
-
-
 def _md5_hex(value: bytes | bytearray | None) -> str | None:
     return bytes(value).hex() if value else None
 
@@ -199,7 +196,7 @@ class AzureBlobStore:
         quiet_sdk_loggers()
         self._encryption_scope = encryption_scope  # x-ms-encryption-scope on every put
         self._container_name = container
-        self._prefix = _normalize_prefix(prefix)
+        self._prefix = normalize_prefix(prefix)
         self._content_type = content_type
         self._max_single_put = max_single_put_bytes
         # Our own session, to size the connection pool for concurrent puts (requests keeps
@@ -385,9 +382,7 @@ class AzureBlobStore:
     # --- helpers -------------------------------------------------------------------------
 
     def _full(self, key: str) -> str:
-        if not key or key.startswith("/"):
-            raise ValueError(f"invalid object key {key!r}: must be non-empty and relative")
-        return self._prefix + key
+        return full_key(self._prefix, key)
 
     def _existing_md5(self, key: str) -> str | None:
         """The MD5 of the blob at `key` (which exists): its MD5 property, else from its bytes."""
@@ -413,13 +408,7 @@ class AzureBlobStore:
     def _error(self, exc: AzureError, operation: str) -> StoreError:
         kind = azure_exception_kind(exc)
         code = _code(exc)
-        status = getattr(exc, "status_code", None)
-        if status is None:
-            detail = code or type(exc).__name__
-        elif code is None:
-            detail = f"HTTP {status}"
-        else:
-            detail = f"{code} (HTTP {status})"
+        detail = error_detail(code, getattr(exc, "status_code", None), type(exc).__name__)
         where = f"container {self._container_name} of account {self._account} at {self._endpoint}"
         if kind is StoreErrorKind.AUTH:
             message = (
@@ -433,12 +422,7 @@ class AzureBlobStore:
                 message = f"{operation}: container not found: {where} [{detail}]"
         elif kind is StoreErrorKind.UNAVAILABLE:
             message = f"{operation}: cannot reach Azure Blob endpoint {self._endpoint} [{detail}]"
-        elif kind is StoreErrorKind.BAD_DIGEST:
-            message = f"{operation}: the store received other bytes than the MD5 sent [{detail}]"
-        elif is_tls_failure(exc):
-            message = (
-                f"{operation}: TLS failure with {self._endpoint}: check the CA bundle [{detail}]"
-            )
         else:
-            message = f"{operation}: failed on {where} [{detail}]"
+            tls = is_tls_failure(exc)
+            message = common_message(operation, kind, tls, self._endpoint, where, detail)
         return StoreError(self.name, kind, message)

@@ -40,6 +40,16 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from replicator.config import sse_customer_key_bytes
 from replicator.errors import ConfigError, ConflictError, StoreError, StoreErrorKind
 from replicator.stores.base import ObjectInfo, PutOutcome
+from replicator.stores.common import (
+    DEFAULT_CONTENT_TYPE,
+    ErrorCodes,
+    common_message,
+    error_detail,
+    full_key,
+    normalize_prefix,
+    quiet_loggers,
+    response_kind,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -55,40 +65,40 @@ __all__ = [
     "s3_exception_kind",
 ]
 
-DEFAULT_CONTENT_TYPE = "application/avro"
-
 SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
 
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
-_AUTH_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccountProblem",
-        "AllAccessDisabled",
-        "ExpiredToken",
-        "InvalidAccessKeyId",
-        "InvalidSecurity",
-        "InvalidToken",
-        "RequestTimeTooSkewed",
-        "SignatureDoesNotMatch",
-        "TokenRefreshRequired",
-    }
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"})
-_DIGEST_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
-_UNAVAILABLE_CODES = frozenset(
-    {
-        "InternalError",
-        "OperationAborted",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequests",
-    }
+_CODES = ErrorCodes(
+    digest=frozenset({"BadDigest", "XAmzContentSHA256Mismatch"}),
+    auth=frozenset(
+        {
+            "AccessDenied",
+            "AccountProblem",
+            "AllAccessDisabled",
+            "ExpiredToken",
+            "InvalidAccessKeyId",
+            "InvalidSecurity",
+            "InvalidToken",
+            "RequestTimeTooSkewed",
+            "SignatureDoesNotMatch",
+            "TokenRefreshRequired",
+        }
+    ),
+    not_found=frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"}),
+    unavailable=frozenset(
+        {
+            "InternalError",
+            "OperationAborted",
+            "RequestTimeout",
+            "RequestTimeoutException",
+            "ServiceUnavailable",
+            "SlowDown",
+            "Throttling",
+            "ThrottlingException",
+            "TooManyRequests",
+        }
+    ),
 )
 # The key was created concurrently or exists: look at what is there before deciding.
 _EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -101,8 +111,7 @@ def quiet_sdk_loggers(level: int = logging.WARNING) -> None:
     At DEBUG they log request headers and URLs; nothing below WARNING from them is useful to
     an operator, and keeping them quiet keeps request details out of the service's logs.
     """
-    for name in SDK_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+    quiet_loggers(SDK_LOGGERS, level)
 
 
 def md5_from_etag(etag: str | None) -> str | None:
@@ -123,15 +132,7 @@ def md5_from_etag(etag: str | None) -> str | None:
 
 def s3_error_kind(code: str | None, status: int | None) -> StoreErrorKind:
     """The kind of an S3 error response, from its error code and HTTP status."""
-    if code in _DIGEST_CODES:
-        return StoreErrorKind.BAD_DIGEST
-    if code in _AUTH_CODES or status in (401, 403):
-        return StoreErrorKind.AUTH
-    if code in _NOT_FOUND_CODES or status == 404:
-        return StoreErrorKind.NOT_FOUND
-    if code in _UNAVAILABLE_CODES or status in (408, 429) or (status is not None and status >= 500):
-        return StoreErrorKind.UNAVAILABLE
-    return StoreErrorKind.OTHER
+    return response_kind(_CODES, code, status)
 
 
 def s3_exception_kind(exc: Exception) -> StoreErrorKind:
@@ -182,11 +183,6 @@ def _safe_endpoint(endpoint: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _normalize_prefix(prefix: str) -> str:
-    stripped = prefix.strip("/")
-    return f"{stripped}/" if stripped else ""
-
-
 class S3Store:
     """A `Store` on an S3 bucket, under a key prefix of its own."""
 
@@ -231,7 +227,7 @@ class S3Store:
             raise ConfigError(f"S3 endpoint {_safe_endpoint(endpoint)!r} is not an http(s) URL")
         self._endpoint = _safe_endpoint(endpoint)
         self._bucket = bucket
-        self._prefix = _normalize_prefix(prefix)
+        self._prefix = normalize_prefix(prefix)
         self._content_type = content_type
         config = Config(
             region_name=region,
@@ -395,9 +391,7 @@ class S3Store:
     # --- helpers -------------------------------------------------------------------------
 
     def _full(self, key: str) -> str:
-        if not key or key.startswith("/"):
-            raise ValueError(f"invalid object key {key!r}: must be non-empty and relative")
-        return self._prefix + key
+        return full_key(self._prefix, key)
 
     def _existing_md5(self, key: str) -> str | None:
         """The MD5 of the object at `key` (which exists): from its ETag, else from its bytes."""
@@ -429,13 +423,8 @@ class S3Store:
         kind = s3_exception_kind(exc)
         where = f"bucket {self._bucket} at {self._endpoint}"
         if isinstance(exc, ClientError):
-            code, status = _code(exc), _status(exc)
-            if status is None:
-                detail = code or "error"
-            elif code is None or code == str(status):
-                detail = f"HTTP {status}"
-            else:
-                detail = f"{code} (HTTP {status})"
+            code = _code(exc)
+            detail = error_detail(code, _status(exc), "error")
         else:
             code, detail = None, type(exc).__name__
         if kind is StoreErrorKind.AUTH:
@@ -451,12 +440,7 @@ class S3Store:
                 message = f"{operation}: no such object in {where} [{detail}]"
         elif kind is StoreErrorKind.UNAVAILABLE:
             message = f"{operation}: cannot reach S3 endpoint URL: {self._endpoint} [{detail}]"
-        elif kind is StoreErrorKind.BAD_DIGEST:
-            message = f"{operation}: the store received other bytes than the MD5 sent [{detail}]"
-        elif isinstance(exc, SSLError):
-            message = (
-                f"{operation}: TLS failure with {self._endpoint}: check the CA bundle [{detail}]"
-            )
         else:
-            message = f"{operation}: failed on {where} [{detail}]"
+            tls = isinstance(exc, SSLError)
+            message = common_message(operation, kind, tls, self._endpoint, where, detail)
         return StoreError(self.name, kind, message)
