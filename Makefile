@@ -68,7 +68,7 @@ $(COMPOSE_STAMP): $(if $(shell command -v docker-compose 2>/dev/null),,FORCE) | 
 	fi
 	@touch $@
 
-# rclone (Debian's package): tests/integration/test_rclone.py and `replicator rclone-check`
+# rclone (Debian's package): tests/integration/ops/test_rclone.py and `replicator rclone-check`
 # compare both stores with it. Installed with apt when missing (sudo only when not root).
 RCLONE_STAMP := $(VENV)/.stamp-rclone
 setup: $(RCLONE_STAMP)

@@ -155,7 +155,7 @@ HEADER = """\
 # Configuration reference
 
 <!-- Generated from replicator/config.py by `python -m replicator.devtools.docs_gen`: do not edit.
-     tests/unit/test_config_reference.py fails when this page and the model disagree. -->
+     tests/unit/devtools/test_docs_gen.py fails when this page and the model disagree. -->
 
 Every setting is read once at start-up from an environment variable named
 `REPLICATOR_` + the setting's name in upper case. Secrets (marked *secret* below) can

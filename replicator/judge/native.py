@@ -17,7 +17,7 @@ fast condition does not cover.
 
 The extension is built by ``pip install`` (setup.py). Where it could not be built,
 ``native_programs`` returns None and the service logs it once; the verdicts are the same,
-only slower. ``tests/unit/test_checks_native.py`` requires the extension and compares its
+only slower. ``tests/unit/judge/test_native.py`` requires the extension and compares its
 verdicts and envelopes with the Python path's.
 """
 

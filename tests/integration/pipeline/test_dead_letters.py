@@ -11,7 +11,7 @@ import pytest
 
 from replicator.config import Settings
 from replicator.devtools.synthetic import BAD_KINDS, EXPECTED_REASON
-from tests.integration.test_replication import PARTITIONS, assert_replicated, groups
+from tests.integration.pipeline.test_replication import PARTITIONS, assert_replicated, groups
 from tests.support.checker import read_topic
 from tests.support.produce import produce_records
 from tests.support.service import Service, wait_committed

@@ -10,7 +10,7 @@ import pytest
 from replicator.config import Settings, load_settings
 from replicator.devtools import docs_gen
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
 
 def test_reference_is_up_to_date() -> None:

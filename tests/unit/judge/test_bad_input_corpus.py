@@ -1,6 +1,6 @@
 """The bad-input corpus (tests/corpus/cases.py) against the decoder and the checks, offline:
 each case gets exactly the reason it is meant to get, and each near-miss passes. The same
-corpus goes through the running service in tests/integration/test_bad_input.py."""
+corpus goes through the running service in tests/integration/pipeline/test_bad_input.py."""
 
 from __future__ import annotations
 

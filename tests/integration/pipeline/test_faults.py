@@ -2,8 +2,8 @@
 an independent checker (tests/support/checker.py, no replicator code) reads Kafka and both
 stores and counts records lost, records doubled and objects that differ between the stores.
 
-    pytest tests/integration/test_faults.py                       # 2 runs per fault
-    REPLICATOR_FAULTS_LONG=1 pytest tests/integration/test_faults.py   # 6 runs, more load
+    pytest tests/integration/pipeline/test_faults.py                       # 2 runs per fault
+    REPLICATOR_FAULTS_LONG=1 pytest tests/integration/pipeline/test_faults.py   # 6 runs, more load
     REPLICATOR_FAULTS_RUNS=10 ...                                 # any count
 
 A table (fault, runs, lost, doubled, divergent, conflicts) is printed at the end of the module

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PREFIX = "replicator"
 # The published key of Azurite's development account (not a secret, but it must still never
 # appear in a message: the code cannot know it is the well-known one).

@@ -35,7 +35,7 @@ from replicator.judge.rules import (
 )
 from replicator.model import RawRecord
 from replicator.schemas import HEADER_SIZE, RegisteredSchema, encode_wire
-from tests.unit.test_checks_compiled import (
+from tests.unit.judge.test_compiled import (
     FUZZ,
     HAND_MADE,
     REGISTRY,
