@@ -8,8 +8,6 @@ decides; the loop applies (pause and resume the consumer, mark a lane down).
 
 from __future__ import annotations
 
-import time
-
 from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator.pipeline.state import LaneMode, ServiceState
@@ -67,7 +65,7 @@ class BackPressure:
         }
         return too_slow(up, self._max_lane_bytes)
 
-    def pauses(self) -> tuple[list[KafkaTP], list[KafkaTP]]:
+    def pauses(self, now: float) -> tuple[list[KafkaTP], list[KafkaTP]]:
         """Pause a partition no lane takes, or whose lanes have been full for
         HOLD_BEFORE_PAUSE_S (until then the loop holds, see `holding`); resume otherwise.
         The partitions to pause and to resume (each state's `paused` follows).
@@ -77,7 +75,7 @@ class BackPressure:
         live consumer is the answer, not a catch-up that would read everything twice."""
         to_pause, to_resume = [], []
         held = self._held_since is not None
-        held_long = held and time.monotonic() - (self._held_since or 0.0) >= HOLD_BEFORE_PAUSE_S
+        held_long = held and now - (self._held_since or 0.0) >= HOLD_BEFORE_PAUSE_S
         for tp, state in self.parts.items():
             takers = [ln for ln in self.lanes if tp in ln.live]
             full = held_long and any(ln.pending_bytes > self._max_lane_bytes for ln in takers)

@@ -266,7 +266,7 @@ class Replicator:
             self.puts.mark_down(
                 self.lane(name), "too slow: its queue passed its share of max_buffer_bytes"
             )
-        to_pause, to_resume = self.pressure.pauses()
+        to_pause, to_resume = self.pressure.pauses(time.monotonic())
         if to_pause:
             consumer.pause(to_pause)
         if to_resume:

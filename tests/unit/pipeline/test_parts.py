@@ -1,0 +1,186 @@
+"""The service's parts alone, with plain values: back-pressure decides what to pause and
+which lane is too slow; the checkpoint flushes the dead letters before any commit and
+commits each store only what it holds."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
+import pytest
+from confluent_kafka import KafkaException
+from pydantic import SecretStr
+
+from replicator.chunking import ChunkRules, CutPlan, PartitionChunker
+from replicator.config import Settings
+from replicator.kafka.deadletter import DeadLetterError, DeadLetterWriter
+from replicator.kafka.progress import ProgressLog
+from replicator.model import TP
+from replicator.pipeline.backpressure import HOLD_BEFORE_PAUSE_S, BackPressure
+from replicator.pipeline.checkpoint import Checkpoint
+from replicator.pipeline.state import Lane, LaneMode, PartitionState, ServiceState
+from replicator.schemas import SchemaRegistry
+from replicator.stores.base import Store
+from replicator.telemetry.metrics import Metrics
+
+MIB = 1024 * 1024
+TPS: list[TP] = [("t", 0), ("t", 1)]
+
+
+class NamedStore:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Progress:
+    """Records the commits it is asked for; refuses when told to."""
+
+    def __init__(self, log: list[str], name: str, refuse: bool = False) -> None:
+        self.log, self.name, self.refuse = log, name, refuse
+        self.commits: list[dict[TP, int]] = []
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        self.log.append(f"commit {self.name}")
+        if self.refuse:
+            raise KafkaException("refused")
+        self.commits.append(dict(offsets))
+
+
+class DeadLetters:
+    def __init__(self, log: list[str], fails: bool) -> None:
+        self.log, self.fails, self.undelivered = log, fails, 3
+
+    def flush(self, timeout: float) -> None:
+        self.log.append("flush dead letters")
+        if self.fails:
+            raise DeadLetterError("not acknowledged")
+
+
+def state(lanes: int = 2, max_buffer_bytes: int = 8 * MIB) -> ServiceState:
+    settings = Settings(
+        kafka_bootstrap="127.0.0.1:9",
+        topics=["t"],
+        dead_letter_topic="dlq",
+        s3_endpoint="http://127.0.0.1:9",
+        s3_bucket="bucket",
+        s3_access_key=SecretStr("a"),
+        s3_secret_key=SecretStr("b"),
+        azure_connection_string=SecretStr("AccountKey=c"),
+        azure_container="container",
+        max_buffer_bytes=max_buffer_bytes,
+    )
+    rules = ChunkRules.from_settings(settings)
+    made = ServiceState(
+        settings=settings,
+        registry=cast(SchemaRegistry, None),
+        metrics=Metrics(stores=["s3", "azure"][:lanes], topics=["t"]),
+        rules=rules,
+        lanes=[
+            Lane(store=cast(Store, NamedStore(name)), executor=cast(ThreadPoolExecutor, None))
+            for name in ["s3", "azure"][:lanes]
+        ],
+    )
+    for tp in TPS:
+        plan = CutPlan()
+        made.parts[tp] = PartitionState(tp, PartitionChunker(tp[0], tp[1], rules, 0, plan), plan)
+    return made
+
+
+# --- back-pressure ---------------------------------------------------------------------
+
+
+def test_a_full_lane_holds_the_loop_then_pauses_its_partitions() -> None:
+    s = state()
+    s3, azure = s.lanes
+    s3.live.update(TPS)
+    azure.live.update(TPS)
+    s3.pending_bytes = s.max_lane_bytes + 1
+    pressure = BackPressure(s)
+    assert pressure.holding(100.0)
+    assert pressure.pauses(100.0) == ([], [])  # held, not yet for long
+    assert not pressure.holding(100.0 + HOLD_BEFORE_PAUSE_S)
+    paused, resumed = pressure.pauses(100.0 + HOLD_BEFORE_PAUSE_S)
+    assert sorted((k.topic, k.partition) for k in paused) == TPS
+    assert resumed == []
+    s3.pending_bytes = 0
+    assert not pressure.holding(200.0)
+    paused, resumed = pressure.pauses(200.0)
+    assert paused == [] and sorted((k.topic, k.partition) for k in resumed) == TPS
+
+
+def test_a_partition_no_lane_takes_is_paused_and_resumed_when_one_does() -> None:
+    s = state()
+    pressure = BackPressure(s)
+    paused, _ = pressure.pauses(0.0)
+    assert sorted((k.topic, k.partition) for k in paused) == TPS
+    s.lanes[0].live.add(TPS[0])
+    paused, resumed = pressure.pauses(0.0)
+    assert paused == [] and [(k.topic, k.partition) for k in resumed] == [TPS[0]]
+
+
+@pytest.mark.parametrize(
+    ("s3_bytes", "azure_bytes", "slow"),
+    [
+        (0, 0, []),
+        (5 * MIB, 0, ["s3"]),  # past its share while the other keeps up
+        (5 * MIB, 5 * MIB, []),  # both grow together: a shared bottleneck, pause instead
+        (5 * MIB, 3 * MIB, []),  # the other is over half its share: not keeping up
+    ],
+)
+def test_too_slow_drops_only_a_lane_that_falls_behind_another(
+    s3_bytes: int, azure_bytes: int, slow: list[str]
+) -> None:
+    s = state()  # 4 MiB per lane
+    for lane, pending in zip(s.lanes, (s3_bytes, azure_bytes), strict=True):
+        lane.live.update(TPS)
+        lane.pending_bytes = pending
+    assert BackPressure(s).too_slow_lanes() == slow
+    s.lanes[1].mode = LaneMode.DOWN  # only UP lanes are weighed
+    assert BackPressure(s).too_slow_lanes() == []
+
+
+# --- checkpoint ------------------------------------------------------------------------
+
+
+def _with_positions(s: ServiceState, log: list[str], refuse: str = "") -> dict[str, Progress]:
+    progress = {}
+    for lane in s.lanes:
+        progress[lane.name] = Progress(log, lane.name, refuse=lane.name == refuse)
+        lane.progress = cast(ProgressLog, progress[lane.name])
+        lane.positions = {TPS[0]: 10, TPS[1]: 5}
+        lane.committed = {TPS[0]: 10, TPS[1]: 0}
+    return progress
+
+
+def test_dead_letters_are_flushed_before_any_commit() -> None:
+    log: list[str] = []
+    s = state()
+    progress = _with_positions(s, log)
+    s.dlq, s.dlq_dirty = cast(DeadLetterWriter, DeadLetters(log, fails=False)), True
+    Checkpoint(s).commit()
+    assert log == ["flush dead letters", "commit s3", "commit azure"]
+    assert not s.dlq_dirty
+    # only what moved since the last commit
+    assert progress["s3"].commits == [{TPS[1]: 5}] == progress["azure"].commits
+    assert s.lanes[0].committed == {TPS[0]: 10, TPS[1]: 5}
+
+
+def test_no_commit_passes_a_dead_letter_not_acknowledged() -> None:
+    log: list[str] = []
+    s = state()
+    _with_positions(s, log)
+    s.dlq, s.dlq_dirty = cast(DeadLetterWriter, DeadLetters(log, fails=True)), True
+    Checkpoint(s).commit()
+    assert log == ["flush dead letters"]
+    assert s.dlq_dirty
+    assert all(lane.committed[TPS[1]] == 0 for lane in s.lanes)
+
+
+def test_a_refused_commit_leaves_that_store_uncommitted_and_the_other_goes_on() -> None:
+    log: list[str] = []
+    s = state()
+    _with_positions(s, log, refuse="s3")
+    Checkpoint(s).commit()
+    assert log == ["commit s3", "commit azure"]
+    s3, azure = s.lanes
+    assert s3.committed[TPS[1]] == 0 and azure.committed[TPS[1]] == 5
