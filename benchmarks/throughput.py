@@ -269,8 +269,8 @@ def main() -> None:
             s3_secret_key=SecretStr(env["s3_secret_key"]),
             azure_connection_string=SecretStr(env["azure_connection_string"]),
             azure_container="bench-azure",
-            # The local broker (Tansu) holds a group join for about half the session timeout
-            # (LOCAL-STACK.md), where Kafka waits its initial rebalance delay (3 s by
+            # The local broker (Tansu) holds a group join for about half the session timeout,
+            # where Kafka waits its initial rebalance delay (3 s by
             # default, often 0 in development): 2 s keeps that start under 1.5 s.
             session_timeout_ms=2000,
             metrics_port=0,

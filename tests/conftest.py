@@ -53,7 +53,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def admin(stack: LocalStack) -> AdminClient:
-    """The stack's one AdminClient (kept for the session: see LOCAL-STACK.md, _DESTROY)."""
+    """The stack's one AdminClient (kept for the session: destroying one right after
+    create_topics() can fail its future with _DESTROY)."""
     return stack.admin
 
 

@@ -1,4 +1,4 @@
-"""`replicator stack ...`: start, stop and inspect the local stack (see replicator/stack.py)."""
+"""`replicator stack ...`: start, stop and inspect the local stack (see replicator/devtools/stack.py)."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def _dead_letters(settings: Settings, since: dict[int, int]) -> Counter[str]:
 
 
 def _dlq_positions(settings: Settings) -> dict[int, int]:
-    """Where the dead-letter topic ends now (read, not the watermark: see LOCAL-STACK.md)."""
+    """Where the dead-letter topic ends now (read, not the watermark: the local
+    Tansu broker's high watermark stops at the last batch's base offset + 1)."""
     consumer = Consumer(
         {
             **settings.kafka_common(),

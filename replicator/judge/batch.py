@@ -65,10 +65,10 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
 
     Three paths, fastest first; a verdict never depends on the path taken:
 
-    1. the compiled extension (`checks_native`), which accepts a well-formed, healthy record
+    1. the compiled extension (`judge.native`), which accepts a well-formed, healthy record
        of a primitive-only schema without decoding it into Python objects;
     2. for a record it is not sure about, the same reader as `judge` without its wrapper
-       objects, then the checks compiled for its writer schema (`checks_compiled`, identical
+       objects, then the checks compiled for its writer schema (`judge.compiled`, identical
        verdicts to `check_record`);
     3. anything else goes through `judge`, which names the reason."""
     native = _programs(registry)

@@ -1,6 +1,6 @@
 """The health-data checks of ``replicator.judge.rules``, specialised for one writer schema.
 
-Why this module exists: speed. ``validation.check_record`` is the specification and stays
+Why this module exists: speed. ``judge.rules.check_record`` is the specification and stays
 the only place where a refusal is decided. It is written for any mapping, so for every
 record it looks up every field it knows by name, dispatches on the type of every value and
 works out which fields are amounts. Records decoded with one writer schema (fastavro,
@@ -70,7 +70,7 @@ from replicator.schemas import RegisteredSchema
 
 Checker = Callable[[Mapping[str, Any]], Violation | None]
 
-# Exactly the strings `validation._DEPARTMENT_RE` fullmatches (tests/unit compare the two):
+# Exactly the strings `rules._DEPARTMENT_RE` fullmatches (tests/unit compare the two):
 # 01..19, 21..95 and 99, 2A, 2B, 971..976.
 DEPARTMENTS: Final = frozenset(
     [f"{n:02d}" for n in range(1, 100) if n not in (20, 96, 97, 98)]

@@ -1,12 +1,12 @@
 """The judge's compiled fast path: programs for ``replicator/_fastcheck.c``.
 
-Why: after the compiled checks (``checks_compiled``), fastavro's decode of each value into a
+Why: after the compiled checks (``judge.compiled``), fastavro's decode of each value into a
 dict was the largest cost per record left (docs/performance.md). For a writer schema made
 only of primitive fields, the C extension walks the Avro body once, without making a Python
 object per field, and tests the same *sufficient* conditions as the generated fast path of
-``checks_compiled``. It only ever says "good": for any other record (a violation, a
+``judge.compiled``. It only ever says "good": for any other record (a violation, a
 non-ASCII string, an unusual encoding) it says "not sure", and the Python path judges that
-record as before, with ``validation.check_record`` naming every reason.
+record as before, with ``judge.rules.check_record`` naming every reason.
 
 This module turns a schema into the extension's program: one operation per top-level field
 (how the field is encoded on the wire, which rule applies to it, where the rules across
@@ -165,7 +165,7 @@ def program_ops(schema: RegisteredSchema) -> list[Op] | None:
             rule, safe = R_ENUM, bytes(_holds_no_nir(s) for s in symbols)
         elif kind not in ("null", "boolean", "int", "long", "float", "double"):
             return None
-        # A rule's fast condition holds for one type only (checks_compiled): any other
+        # A rule's fast condition holds for one type only (judge.compiled): any other
         # type goes to the Python path, which names the reason.
         numeric = name in _NUMERIC_RULES or name in _DATE_FIELDS or name.endswith(_AMOUNT_SUFFIX)
         if (numeric and kind not in _NUMBERS) or (rule in _TEXT_RULES and kind != "string"):

@@ -9,7 +9,7 @@ path accepts only records this module accepts, and it hands every other record t
 ``check_record``; so does the compiled extension ``replicator/_fastcheck.c`` (programs from
 ``replicator.judge.native``), which judges the raw Avro body before any decode. A change to
 a rule here must be mirrored in both (a new or stricter rule would otherwise be skipped by
-the fast paths); ``tests/unit/judge/test_compiled.py`` and ``test_checks_native.py``
+the fast paths); ``tests/unit/judge/test_compiled.py`` and ``test_native.py``
 compare them with this module, and the first fails when the code of these rules changes.
 
 1. ``direct_identifier`` (checked first, over the whole record): a French NIR (social

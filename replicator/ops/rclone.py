@@ -5,7 +5,8 @@ The rclone configuration holds secrets (the S3 keys, a container SAS): it is wri
 file readable by its owner only, in a temporary folder removed afterwards, and rclone's output
 is scrubbed of those values before anyone sees it.
 
-Remotes (the forms that work with rclone 1.60, see LOCAL-STACK.md):
+Remotes (the forms that work with rclone 1.60; its `account`/`endpoint` and `use_emulator`
+forms of an Azure remote do not reach the Azurite emulator):
 - S3: `type = s3`, `provider = Other`, the endpoint, path-style addressing, the keys;
 - Azure: `type = azureblob` with `sas_url` = the container URL plus a container SAS with read
   and list permissions (made with the account key of the connection string, or the SAS the

@@ -3,9 +3,9 @@
 For every selected partition, concurrently (a thread pool, one task per partition): list each
 store's objects under the partition's prefix (paginated by the store), read each store's
 committed offset (its group `<group_id>.<store>`) and Kafka's first retained offset, then
-apply `verify_logic.check_partition`. Then, for every object that differs between the
+apply `findings.check_partition`. Then, for every object that differs between the
 stores, read it from each store and compare it record by record with what Kafka holds
-(`verify_logic.compare_records`), so the report names the offsets concerned and which store
+(`findings.compare_records`), so the report names the offsets concerned and which store
 holds the right object.
 
 Time filters (`since`, `until`) become offsets with `KafkaView.offset_for_time`; objects that

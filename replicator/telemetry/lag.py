@@ -20,7 +20,8 @@ and exports, for every configured store (down or not) and every partition:
                                         committed offset; 0 when there is no such record
 
 Lag in records keeps standard Kafka semantics. On a broker whose high watermark lags behind
-its log (the local Tansu broker after batched produce, see LOCAL-STACK.md) it reads too low,
+its log (the Tansu broker of the local stack reports the base offset of the last batch + 1
+after a batched produce, not the last offset + 1) it reads too low,
 possibly 0; lag in seconds does not depend on the watermark: it is measured from the record
 itself, so it stays > 0 as long as a record at or after the committed offset exists. Alert
 on lag in seconds.

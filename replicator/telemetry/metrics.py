@@ -6,8 +6,8 @@ configuration). docs/metrics.md describes each metric; monitoring/ holds the ale
 the Grafana dashboard built on them.
 
 Two writers fill this registry:
-- the service loop (replicator/pipeline.py): what it writes, dead-letters and sees of the stores;
-- the lag monitor (replicator/lag.py): each store's durable position and lag, read from Kafka.
+- the service loop (replicator/pipeline/): what it writes, dead-letters and sees of the stores;
+- the lag monitor (replicator/telemetry/lag.py): each store's durable position and lag, read from Kafka.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ def test_failed_dead_letters_are_kept_and_sent_again_until_acknowledged(tmp_path
     with own_tansu(tmp_path / "tansu-1.log", port, port):
         _create_topic(bootstrap)
         writer = DeadLetterWriter(
-            # One record a batch: Tansu misreports the high watermark of a batched produce
-            # (LOCAL-STACK.md), which can hide a resent batch from the reader.
+            # One record a batch: after a batched produce Tansu reports the last batch's base
+            # offset + 1 as its high watermark, which can hide a resent batch from the reader.
             {"bootstrap.servers": bootstrap, "message.timeout.ms": 1500, "batch.num.messages": 1},
             TOPIC,
         )

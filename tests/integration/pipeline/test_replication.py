@@ -320,7 +320,7 @@ def test_a_second_signal_exits_at_once_and_still_loses_nothing(
     service = Service(settings, tmp_path).start()
     assert service.proc is not None
     # Mid-run, once it owns its partitions: the local broker never assigns a group's
-    # partitions again after a member left while still joining (LOCAL-STACK quirk, tests only).
+    # partitions again after a member left while still joining (a quirk of the local broker, worked around in tests only).
     wait_for_log(service, '"partition_assigned"')
     time.sleep(0.5)
     service.proc.send_signal(signal.SIGTERM)

@@ -21,7 +21,8 @@ is down start with a burst stamped two hours ago, as a backfill of old events wo
 lag in seconds is the age of the oldest record not in the store, by the record's timestamp.
 
 Records are produced one per batch (linger.ms=0, batch.num.messages=1): the local broker's
-high watermark is only right then (LOCAL-STACK.md), and the test compares exact offsets.
+high watermark is only right then (Tansu reports the last batch's base offset + 1 after a
+batched produce), and the test compares exact offsets.
 """
 
 from __future__ import annotations

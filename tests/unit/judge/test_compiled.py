@@ -1,4 +1,4 @@
-"""`checks_compiled.checker_for(schema)` returns exactly what `validation.check_record` returns.
+"""`judge.compiled.checker_for(schema)` returns exactly what `judge.rules.check_record` returns.
 
 Differential tests: synthetic good and bad records of the four project schemas, hypothesis
 records (typed as decoded, mutated near every rule's boundary, or of unexpected types), and
@@ -811,10 +811,10 @@ _REFERENCE_FINGERPRINT = "84145a01ef3c8324ebdf4eb6f1acad727634fee35f898e0a2abe4a
 
 
 def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
-    """The generated fast path restates the rules of `validation.py` (a stricter or new rule
+    """The generated fast path restates the rules of `judge/rules.py` (a stricter or new rule
     there would not be seen by it), and so does the compiled extension (`_fastcheck.c`,
-    programs from `checks_native.py`). When this fails, a rule's code changed: bring
-    `checks_compiled.py`, `_fastcheck.c`, `checks_native.py` and their tests in line with
+    programs from `judge/native.py`). When this fails, a rule's code changed: bring
+    `judge/compiled.py`, `_fastcheck.c`, `judge/native.py` and their tests in line with
     it, then update the fingerprint."""
     functions = (
         validation.check_record,
