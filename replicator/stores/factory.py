@@ -8,7 +8,7 @@ from replicator.stores.azure import AzureBlobStore
 from replicator.stores.base import Store
 from replicator.stores.s3 import S3Store
 
-__all__ = ["build_stores"]
+__all__ = ["build_store", "build_stores"]
 
 
 def build_store(settings: Settings, name: str) -> Store:
