@@ -92,7 +92,6 @@ def fast_forward(lane: Lane, tp: TP, position: int, kept: list[tuple[int, int]])
 class Partitions:
     def __init__(self, state: ServiceState, puts: Lanes) -> None:
         self.state = state
-        self.settings = state.settings
         self.metrics = state.metrics
         self.rules = state.rules
         self.lanes = state.lanes
