@@ -119,7 +119,7 @@ def test_a_cutover_stopped_after_any_step_is_completed_by_a_rerun_or_undone_by_r
     assert f"{CRASH_ENV}=cutover:{step}: test hook" in err
     left = cutover_objects(settings)
     done = set(CUTOVER_STEPS[: CUTOVER_STEPS.index(step) + 1])
-    expected_keys = {s: set[str]() for s in settings.stores}
+    expected_keys: dict[str, set[str]] = {s: set() for s in settings.stores}
     for name, store, key in write_plan(settings.stores, RETIRE):
         if name in done:
             expected_keys[store].add(key)
