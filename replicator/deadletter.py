@@ -70,6 +70,10 @@ BATCH_OVERHEAD = 61
 RECORD_OVERHEAD = 21 + 5 + 5 + 5  # fields, key length, value length, header count
 HEADER_OVERHEAD = 10
 DETAIL_MAX = 512  # a replacement's detail header is cut to this many bytes
+# A dead letter without value and key fits in this many bytes whatever its origin (topic
+# names have at most 249 characters), so it fits any topic limit from here up
+# (tests/unit/test_dead_letter_limits.py).
+REPLACEMENT_MAX_BYTES = 2_000
 
 
 class DeadLetterError(ReplicatorError):
