@@ -521,6 +521,7 @@ def test_readyz_is_503_and_lag_still_exported_when_no_store_answers(
             "ready": False,
             "broker": True,
             "stores": {"s3": False, "azure": False},
+            "dead_letter": {"delivering": True, "undelivered": 0},
         }
         health = http_get(f"{base}/healthz")
         assert health.status == 200 and health.json()["alive"] is True, health
