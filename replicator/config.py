@@ -197,7 +197,8 @@ class Settings(BaseSettings):
         default=1024 * 1024,
         ge=64,
         description="A record value longer than this goes to the dead-letter topic "
-        "(reason oversized)",
+        "(reason oversized); a dead letter over the dead-letter topic's max.message.bytes "
+        "(read at start) goes without its value, with its size and SHA-256",
     )
     max_buffer_bytes: int = Field(
         default=64 * 1024 * 1024,

@@ -56,7 +56,7 @@ from replicator.checks_native import extension
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
 from replicator.config import Settings
 from replicator.container import RawRecord, encode_container, object_metadata
-from replicator.deadletter import DeadLetterError, DeadLetterWriter
+from replicator.deadletter import DeadLetterError, DeadLetterWriter, read_limit
 from replicator.errors import ConflictError, StoreError
 from replicator.judge import Item, Verdict, judge_batch, judge_items, start_pool
 from replicator.keys import object_key, offset_marker, parse_key, partition_prefix
@@ -241,6 +241,7 @@ class RunStats:
 
     records_in: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
+    values_dropped: int = 0  # dead letters sent without their value (too large, refused)
     objects: dict[str, dict[str, int]] = field(default_factory=dict)
     records_out: dict[str, int] = field(default_factory=dict)
 
@@ -281,6 +282,7 @@ class Replicator:
         self._last_commit = 0.0
         self._next_prepare_at = 0.0
         self._dlq_dirty = False
+        self._dlq_error = ""  # why the last flush of the dead-letter producer failed
         self.last_loop_at = time.monotonic()
         self.broker_up = False
         self._max_lane_bytes = settings.max_buffer_bytes // max(len(self.lanes), 1)
@@ -339,7 +341,16 @@ class Replicator:
             lane.progress = ProgressLog(self.kafka_conf, s.progress_group(lane.name))
             self.metrics.store_up.labels(lane.name).set(0)
             self._probe_now(lane, initial=True)
-        self._dlq = DeadLetterWriter(self.kafka_conf, s.dead_letter_topic)
+        # The dead-letter producer takes what the dead-letter topic takes; a dead letter
+        # over it goes without its value (replicator/deadletter.py, docs/guarantees.md).
+        limit = read_limit(self.kafka_conf, s.dead_letter_topic)
+        self.metrics.dead_letter_max_bytes.set(limit.max_message_bytes)
+        self._dlq = DeadLetterWriter(
+            self.kafka_conf,
+            s.dead_letter_topic,
+            max_message_bytes=limit.max_message_bytes,
+            on_dropped=self._dead_letter_value_dropped,
+        )
         if s.decode_workers > 0:
             self._judges = start_pool(s.decode_workers, s.schemas_dir, s.max_record_bytes)
         consumer = Consumer(
@@ -479,6 +490,10 @@ class Replicator:
                     ),
                 )
         return None, None
+
+    def _dead_letter_value_dropped(self, topic: str, reason: str) -> None:
+        self.metrics.dead_letter_values_dropped.labels(topic, reason).inc()
+        self.stats.values_dropped += 1
 
     def _judge_now(self, msgs: list[Message]) -> list[Verdict]:
         """The verdicts of these messages, judged here in one batch (the compiled fast path
@@ -1242,7 +1257,11 @@ class Replicator:
             try:
                 self._dlq.flush(timeout=dlq_timeout or (30.0 if force else 10.0))
                 self._dlq_dirty = False
+                self._dlq_error = ""
+                self.metrics.dead_letter_undelivered.set(0)
             except DeadLetterError as exc:
+                self._dlq_error = str(exc)[:300]
+                self.metrics.dead_letter_undelivered.set(self._dlq.undelivered)
                 log.error(
                     "dead_letter_not_acknowledged",
                     extra=fields(error=str(exc), kept=self._dlq.undelivered),
@@ -1328,9 +1347,19 @@ class Replicator:
 
     # ------------------------------------------------------------------ introspection
     def readiness(self) -> dict[str, Any]:
+        undelivered = self._dlq.undelivered if self._dlq is not None else 0
         return {
             "broker": self.broker_up,
             "stores": {lane.name: lane.mode is LaneMode.UP for lane in self.lanes},
+            # A detail, not a condition of readiness: a dead-letter topic that does not
+            # acknowledge holds the commits of every partition (nothing is lost), another
+            # replica would not do better, and the alert says it
+            # (ReplicatorDeadLetterUndelivered).
+            "dead_letter": {
+                "delivering": not self._dlq_error,
+                "undelivered": undelivered,
+                **({"error": self._dlq_error} if self._dlq_error else {}),
+            },
         }
 
     def lane(self, name: str) -> Lane:

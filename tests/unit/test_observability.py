@@ -192,11 +192,12 @@ class FakeService:
         self.metrics = Metrics(stores=list(stores))
         self.last_loop_at = time.monotonic()
         self.stores = stores
+        self.dead_letter: dict[str, Any] = {"delivering": True, "undelivered": 0}
         for name, up in stores.items():
             self.metrics.store_up.labels(name).set(1 if up else 0)
 
     def readiness(self) -> dict[str, Any]:
-        return {"broker": True, "stores": dict(self.stores)}
+        return {"broker": True, "stores": dict(self.stores), "dead_letter": self.dead_letter}
 
 
 class FakeLag:
@@ -227,7 +228,12 @@ def test_probes_answer_for_kubernetes() -> None:
             "ready": True,
             "broker": True,
             "stores": {"s3": True, "azure": False},
+            "dead_letter": {"delivering": True, "undelivered": 0},
         }
+        # A dead-letter topic that does not acknowledge is a detail, not unreadiness.
+        service.dead_letter = {"delivering": False, "undelivered": 3, "error": "e"}
+        status, body = get(f"{base}/readyz")
+        assert status == 200 and json.loads(body)["dead_letter"] == service.dead_letter
         service.stores["s3"] = False  # no store answers
         service.metrics.store_up.labels("s3").set(0)
         status, body = get(f"{base}/readyz")
