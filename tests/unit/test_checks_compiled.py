@@ -822,6 +822,11 @@ def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
         validation._scan_value,
         validation._find_nir_fast,
         validation.find_nir,
+        validation.find_nir_in_bytes,
+        validation.find_identifier_in_message,
+        validation._exempt,
+        validation._run,
+        validation.nir_key_is_valid,
         validation.find_invalid_value,
         validation._days,
         validation._millis,
@@ -832,7 +837,8 @@ def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
     )
     patterns = (
         validation._NIR_RE,
-        validation._ALNUM_ASCII,
+        validation._HEX_RUN_RE,
+        validation._HEX_ID_RE,
         validation._UUID_RE,
         validation._LOWER_HEX,
         validation._DEPARTMENT_RE,
@@ -842,6 +848,8 @@ def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
     )
     constants = (
         validation._NIR_MIN_LENGTH,
+        validation._HASH_MIN_LENGTH,
+        sorted(validation.SEPARATOR_CHARS),
         validation._HEX_FIELDS,
         validation._DATE_FIELDS,
         validation._AMOUNT_SUFFIX,

@@ -65,7 +65,7 @@ def _agree(items: list[Item], programs: dict[int, object] | None = None) -> int:
     verdicts, envelopes = _module().accept(programs or PROGRAMS, items, MAX_BYTES)
     assert len(verdicts) == len(envelopes) == len(items)
     accepted = 0
-    for (topic, value, offset, timestamp_ms, key), verdict, envelope in zip(
+    for (topic, value, offset, timestamp_ms, key, headers), verdict, envelope in zip(
         items, verdicts, envelopes, strict=True
     ):
         if verdict is None:
@@ -73,7 +73,7 @@ def _agree(items: list[Item], programs: dict[int, object] | None = None) -> int:
             continue
         assert value is not None
         if programs is None:
-            assert judge(REGISTRY, topic, value, MAX_BYTES) == verdict
+            assert judge(REGISTRY, topic, value, MAX_BYTES, key, headers) == verdict
         assert verdict[1:] == (GOOD, GOOD)
         assert envelope == encode_envelope(offset, timestamp_ms, key, value[HEADER_SIZE:], 0)
         accepted += 1
@@ -82,7 +82,7 @@ def _agree(items: list[Item], programs: dict[int, object] | None = None) -> int:
 
 def _item(schema: RegisteredSchema, value: bytes, index: int = 0) -> Item:
     key = None if index % 3 == 0 else f"k{index}".encode()
-    return (schema.topic, value, 10**index % (1 << 40), 1_700_000_000_000 + index, key)
+    return (schema.topic, value, 10**index % (1 << 40), 1_700_000_000_000 + index, key, None)
 
 
 def _wire(schema: RegisteredSchema, record: dict[str, Any]) -> bytes | None:
@@ -110,7 +110,7 @@ def test_every_good_synthetic_record_is_accepted_with_its_envelope() -> None:
         # offsets and timestamps of every varint length, including "no timestamp" (-1)
         offset = ((index * 7919) << (index % 40)) % (1 << 63)  # Kafka offsets are int64
         timestamp = -1 if index % 97 == 0 else 1_700_000_000_000 + index
-        items.append((topic, value, offset, timestamp, key if index % 4 else None))
+        items.append((topic, value, offset, timestamp, key if index % 4 else None, None))
     assert _agree(items) == len(items)
 
 
@@ -121,7 +121,7 @@ def test_bad_synthetic_records_are_left_to_python(kind: BadKind) -> None:
     for index in range(300):
         topic = REGISTRY.topics()[index % 2]
         key, value = source.bad_message(kind, topic)
-        items.append((topic, value, index, 1_700_000_000_000, key))
+        items.append((topic, value, index, 1_700_000_000_000, key, None))
     assert _agree(items) == 0
 
 
@@ -136,7 +136,7 @@ def test_judge_items_gives_the_same_verdicts_with_and_without_the_extension(
             key, value = source.bad_message(BAD_KINDS[index // 5 % len(BAD_KINDS)], topic)
         else:
             key, value, _schema = source.next_wire(topic)
-        items.append((topic, value, index, 1_700_000_000_000 + index, key))
+        items.append((topic, value, index, 1_700_000_000_000 + index, key, None))
     with_extension = judge_items(REGISTRY, items, MAX_BYTES)
     monkeypatch.setattr("replicator.judge.extension", lambda: None)
     monkeypatch.setattr("replicator.judge._programs", lambda registry: None)
@@ -350,8 +350,13 @@ def test_unusual_encodings_and_values_are_left_to_python() -> None:
         good[: len(head) - 2] + b"\xc3\xa9" + good[len(head) :],  # a non-ASCII character
     ]
     # strings that may hold a NIR token, where the Python path decides
-    for text in (NIR, f"x {NIR}", f"-{NIR}-", "1 85 05 78 006 084 91", "a" + " " * 20):
+    for text in (NIR, f"x {NIR}", f"-{NIR}-", "1 85 05 78 006 084 91", f"x{NIR}y"):
         cases.append(_header(schema) + _body(schema, {**record, "care_setting": text}))
+    # the extension's NIR scan is exact on ASCII: text without a NIR is accepted there
+    spread = " ".join(NIR)  # a separator inside a group: not a spelling of a NIR
+    for text in ("a" + " " * 20, f"9{NIR}", f"{NIR}9", "0" * 40, spread):
+        value = _header(schema) + _body(schema, {**record, "care_setting": text})
+        assert _agree([_item(schema, value)]) == 1, text
     # ends with is_correction (a boolean byte), then care_setting's union index 0 (null)
     no_setting = _header(schema) + _body(schema, {**record, "care_setting": None})
     assert _agree([_item(schema, no_setting)]) == 1

@@ -17,8 +17,8 @@ MAX_BYTES = 1 << 20
 def _one_by_one(items: list[Item], max_bytes: int) -> tuple[list[object], list[bytes | None]]:
     verdicts: list[object] = []
     envelopes: list[bytes | None] = []
-    for topic, value, offset, timestamp_ms, key in items:
-        verdict = judge(REGISTRY, topic, value, max_bytes)
+    for topic, value, offset, timestamp_ms, key, headers in items:
+        verdict = judge(REGISTRY, topic, value, max_bytes, key, headers)
         verdicts.append(verdict)
         envelopes.append(
             None
@@ -44,7 +44,9 @@ def _workload(seed: int, count: int) -> tuple[list[Item], list[str]]:
         else:
             key, value, _schema = source.next_wire(topic)
             expected.append(GOOD)
-        items.append((topic, value, 1000 + i, 1_700_000_000_000 + 7 * i, key if i % 4 else None))
+        items.append(
+            (topic, value, 1000 + i, 1_700_000_000_000 + 7 * i, key if i % 4 else None, None)
+        )
     return items, expected
 
 
@@ -63,13 +65,13 @@ def test_edge_values_take_the_slow_path_and_get_its_reasons() -> None:
     _key, value, schema = source.next_wire(topic)
     other_topic = next(t for t in REGISTRY.topics() if t != topic)
     items: list[Item] = [
-        (topic, None, 0, 0, None),  # tombstone
-        (topic, b"", 1, 0, None),
-        (topic, value[:HEADER_SIZE], 2, 0, None),  # header only
-        (topic, value + b"\x00", 3, 0, None),  # a byte left over
-        (topic, b"\x01" + value[1:], 4, 0, None),  # not magic 0
-        (other_topic, value, 5, 0, None),  # the schema of another topic
-        (topic, value, 6, -1, b""),  # good: no timestamp, empty key
+        (topic, None, 0, 0, None, None),  # tombstone
+        (topic, b"", 1, 0, None, None),
+        (topic, value[:HEADER_SIZE], 2, 0, None, None),  # header only
+        (topic, value + b"\x00", 3, 0, None, None),  # a byte left over
+        (topic, b"\x01" + value[1:], 4, 0, None, None),  # not magic 0
+        (other_topic, value, 5, 0, None, None),  # the schema of another topic
+        (topic, value, 6, -1, b"", None),  # good: no timestamp, empty key
     ]
     verdicts, envelopes = judge_items(REGISTRY, items, MAX_BYTES)
     assert (verdicts, envelopes) == _one_by_one(items, MAX_BYTES)
