@@ -34,6 +34,7 @@ from replicator.validation import (
     _year_start_days,
     check_record,
 )
+from tests.support.nirs import nir_in_text
 from tests.unit.test_checks_compiled import (
     FUZZ,
     HAND_MADE,
@@ -426,3 +427,36 @@ def test_envelopes_refuse_what_encode_record_cannot_take() -> None:
         _module().envelopes([record._replace(body="x")], [0])  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         _module().envelopes([record._replace(offset=1 << 64)], [0])
+
+
+_KEY_TEXT = st.one_of(
+    nir_in_text().map(lambda case: case[0]),
+    st.text(alphabet="0123456789 2ABabcdef_-./\t\n:xg\u00a0", max_size=60),
+    st.sampled_from([f"{i:064x}" for i in (0, 1 << 200, 7**90)] + [NIR, f"k-{NIR}"]),
+)
+
+
+@FUZZ
+@given(key=_KEY_TEXT, header=_KEY_TEXT, name=_KEY_TEXT, place=st.integers(0, 2))
+def test_key_and_headers_are_judged_alike(key: str, header: str, name: str, place: int) -> None:
+    """The extension's scan of the key and the headers (names and values) is the
+    specification's: it accepts a message only where `judge` finds no NIR in them."""
+    schema = REGISTRY.get(3)
+    value = _header(schema) + _body(schema, _good(schema))
+    headers: list[tuple[str, str | bytes | None]] = [("h", b"1"), ("x", None)]
+    headers.insert(place, (name, header.encode()))
+    items: list[Item] = [
+        (schema.topic, value, 1, 1_700_000_000_000, key.encode(), None),
+        (schema.topic, value, 2, 1_700_000_000_000, b"k", headers),
+        (schema.topic, value, 3, 1_700_000_000_000, None, [(name, None)]),
+    ]
+    verdicts, _envelopes = _module().accept(PROGRAMS, items, MAX_BYTES)
+    for item, verdict in zip(items, verdicts, strict=True):
+        expected = judge(REGISTRY, item[0], item[1], MAX_BYTES, item[4], item[5])
+        if verdict is not None:
+            assert verdict == expected
+        elif all(
+            part.isascii() for part in (key, header, name)
+        ):  # the scan is exact on ASCII: "not sure" only for a NIR
+            assert expected[1] == "direct_identifier"
+    _agree(items, None)
