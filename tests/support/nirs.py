@@ -202,3 +202,21 @@ def realistic_values(seed: int, count: int) -> Iterator[tuple[str, str]]:
                 ]
             )
         yield form, value
+
+
+def random_spelling(rng: random.Random) -> str:
+    """A valid NIR in a random spelling (the plain-random twin of ``nir_spellings``)."""
+    groups = nir_groups(
+        rng.choice("123478"),
+        rng.randrange(100),
+        rng.choice(_MONTHS),
+        rng.choice(_DEPARTMENTS),
+        rng.randrange(1000),
+        rng.randrange(1000),
+    )
+    out = groups[0]
+    for group in groups[1:]:
+        if rng.random() < 0.7:
+            out += "".join(rng.choice(SEPARATORS) for _ in range(rng.randint(1, 3)))
+        out += group
+    return out
