@@ -184,22 +184,37 @@ static inline int read_long(const unsigned char **at, const unsigned char *end, 
     return 0;
 }
 
+/* Character classes of the NIR scan, one table lookup each (filled at import). */
+enum { C_DIGIT = 1, C_HEX = 2, C_SEP = 4, C_SEX = 8 };
+static unsigned char CLASS[256];
+
+static void init_classes(void) {
+    for (int c = 0; c < 256; c++) {
+        unsigned char k = 0;
+        if (c >= '0' && c <= '9') k |= C_DIGIT | C_HEX;
+        if ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) k |= C_HEX;
+        /* ASCII separators: whitespace as str.isspace sees it, then . _ / - */
+        if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f) || c == '.' ||
+            c == '_' || c == '/' || c == '-')
+            k |= C_SEP;
+        if (c == '1' || c == '2' || c == '3' || c == '4' || c == '7' || c == '8') k |= C_SEX;
+        CLASS[c] = k;
+    }
+}
+
 static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 static inline int is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 static inline int is_lower_hex(unsigned char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
 }
-static inline int is_hex(unsigned char c) { return is_lower_hex(c) || (c >= 'A' && c <= 'F'); }
+static inline int is_hex(unsigned char c) { return CLASS[c] & C_HEX; }
 
 /* The NIR rule of `validation.find_nir`, exactly, for ASCII text (callers leave any other
  * text to Python). Separators (ASCII whitespace as str.isspace sees it, '.', '_', '/', '-')
  * may stand in any number between groups; the NIR must not follow nor precede an ASCII
  * digit; a match inside a run of 32 or more hex digits (E1) or inside a maximal run of hex
  * digits and '-' shaped as a UUID or a traceparent (E2) does not count. */
-static inline int is_sep(unsigned char c) {
-    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f) || c == '.' ||
-           c == '_' || c == '/' || c == '-';
-}
+static inline int is_sep(unsigned char c) { return CLASS[c] & C_SEP; }
 
 static int is_hex_id(const unsigned char *s, Py_ssize_t n) {
     static const int uuid_groups[] = {8, 4, 4, 4, 12};
@@ -240,7 +255,8 @@ static int nir_exempt(const unsigned char *s, Py_ssize_t n, Py_ssize_t start, Py
     return is_hex_id(s + left, right - left); /* E2 */
 }
 
-/* The NIR starting at s[i], if any: its end (exclusive) with a valid key and not exempt. */
+/* The NIR starting at s[i], if any: its end (exclusive) with a valid key and not exempt;
+ * else -1. Each character is tested as it is read, so most candidates end at once. */
 static Py_ssize_t nir_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
     static const int group_length[] = {1, 2, 2, 2, 3, 3, 2};
     unsigned char c[NIR_MIN_LENGTH];
@@ -251,29 +267,29 @@ static Py_ssize_t nir_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
             while (j < n && is_sep(s[j])) j++;
         for (int m = 0; m < group_length[g]; m++) {
             if (j >= n) return -1;
-            c[k++] = s[j++];
+            unsigned char ch = s[j++];
+            /* every character a digit, but the department's second may be A/B/a/b */
+            if (!is_digit(ch) && !(k == 6 && c[5] == '2' &&
+                                   (ch == 'A' || ch == 'B' || ch == 'a' || ch == 'b')))
+                return -1;
+            c[k++] = ch;
+        }
+        if (g == 2) { /* month */
+            int month = (c[3] - '0') * 10 + (c[4] - '0');
+            if (!((month >= 1 && month <= 12) || month == 20 || (month >= 30 && month <= 42) ||
+                  month >= 50))
+                return -1;
         }
     }
     if (j < n && is_digit(s[j])) return -1;
-    /* sex, then every position a digit except the department's second, checked below */
     if (!(c[0] == '1' || c[0] == '2' || c[0] == '3' || c[0] == '4' || c[0] == '7' || c[0] == '8'))
-        return -1;
-    for (int m = 1; m < NIR_MIN_LENGTH; m++)
-        if (m != 6 && !is_digit(c[m])) return -1;
-    int month = (c[3] - '0') * 10 + (c[4] - '0');
-    if (!((month >= 1 && month <= 12) || month == 20 || (month >= 30 && month <= 42) ||
-          month >= 50))
         return -1;
     int department;
     if (is_digit(c[6])) {
         department = (c[5] - '0') * 10 + (c[6] - '0');
         if (department == 0) return -1;
-    } else if (c[5] == '2' && (c[6] == 'A' || c[6] == 'a')) {
-        department = 19;
-    } else if (c[5] == '2' && (c[6] == 'B' || c[6] == 'b')) {
-        department = 18;
     } else {
-        return -1;
+        department = (c[6] == 'A' || c[6] == 'a') ? 19 : 18; /* 2A, 2B */
     }
     int64_t number = 0;
     for (int m = 0; m < 5; m++) number = number * 10 + (c[m] - '0');
@@ -288,11 +304,19 @@ static Py_ssize_t nir_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
 /* 1 if ASCII text holds no NIR (validation.find_nir finds nothing), else 0. */
 static int holds_no_nir(const unsigned char *s, Py_ssize_t n) {
     if (n < NIR_MIN_LENGTH) return 1;
+    /* as validation._find_nir_fast: one run of 32 or more hex digits (E1 covers every
+     * match in it) or a UUID (E2) holds none; a pseudonym key is one of these */
+    if (n >= HASH_MIN_LENGTH) {
+        Py_ssize_t h = 0;
+        while (h < n && is_hex(s[h])) h++;
+        if (h == n) return 1;
+    }
+    if (n == 36 && is_hex_id(s, n)) return 1;
+    int after_digit = 0;
     for (Py_ssize_t i = 0; i + NIR_MIN_LENGTH <= n; i++) {
-        unsigned char c = s[i];
-        if (c < '1' || c > '8' || c == '5' || c == '6') continue;
-        if (i > 0 && is_digit(s[i - 1])) continue;
-        if (nir_at(s, n, i) >= 0) return 0;
+        unsigned char k = CLASS[s[i]];
+        if ((k & C_SEX) && !after_digit && nir_at(s, n, i) >= 0) return 0;
+        after_digit = k & C_DIGIT;
     }
     return 1;
 }
@@ -300,8 +324,9 @@ static int holds_no_nir(const unsigned char *s, Py_ssize_t n) {
 /* 1 if the bytes are ASCII and hold no NIR; 0 if not sure (Python decides). */
 static int ascii_holds_no_nir(const unsigned char *s, Py_ssize_t n) {
     if (n < NIR_MIN_LENGTH) return 1; /* fewer characters than a NIR in any reading */
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (s[i] & 0x80) return 0;
+    unsigned char seen = 0;
+    for (Py_ssize_t i = 0; i < n; i++) seen |= s[i];
+    if (seen & 0x80) return 0;
     return holds_no_nir(s, n);
 }
 
@@ -694,6 +719,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fastcheck(void) {
+    init_classes();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddIntConstant(m, "YEARS", YEARS) < 0 ||

@@ -15,7 +15,13 @@ compare them with this module, and the first fails when the code of these rules 
 1. ``direct_identifier`` (checked first, over the whole record): a French NIR (social
    security number) in **any** string value, at any depth (nested records, arrays, map
    keys and values, optional fields, fields this module does not know yet). ``bytes``
-   values are scanned too, read as Latin-1. See ``find_nir`` for what counts as a NIR.
+   values are scanned too, read as Latin-1 and, when not ASCII, as UTF-8. The message key
+   and headers are scanned by ``find_identifier_in_message`` (the judge does it before the
+   value). A NIR counts in any spelling: any run of separators between its groups
+   (whitespace of any kind, dots, dashes, slashes, underscores), letters or punctuation
+   glued to it; not glued to a digit, not with a wrong key, and not inside a hash or a hex
+   identifier (E1, E2), which keeps false positives at zero on a million realistic
+   pseudonyms (expected rates with the reasoning at "NIR detection" below).
 
 2. ``invalid_value``: values that cannot be true. The rules are keyed by field name, not
    by topic, so they keep working if topics are renamed, and each applies whenever its
