@@ -132,15 +132,18 @@ class NirMatch:
 #   E1 (hashes) the match lies inside a run of 32 or more ASCII hex digits [0-9A-Fa-f]: a
 #      hex pseudonym or hash (128 bits or more). Such a run has no separator, so the match
 #      is 15 glued characters. Without E1 a 64-hex pseudonym would hold a NIR-shaped digit
-#      run bounded by letters a-f with a valid key about 3 times in 100,000 (the digit runs
-#      of NIR shape: about 6 in 1,000 pseudonyms, times about 1/2 for the shape rules, over
-#      97 keys); with it, never.
+#      run bounded by letters a-f with a valid key about 3 times in 100,000: a run of 15
+#      digits between two non-digits, P(digit) = 10/16, about 50 places: 50 * (6/16)^2 *
+#      (10/16)^15 = 6e-3, times about 1/2 for the shape rules (sex, month, department) = 3e-3
+#      (2,000,000 seeded pseudonyms: 3.0e-3), over 97 keys = 3.1e-5 (measured: 3.0e-5).
+#      With E1: never.
 #   E2 (hex identifiers with hyphens) the match lies inside a maximal run of hex digits
 #      and '-' that has the shape of a canonical UUID (8-4-4-4-12) or of a W3C trace
 #      context "traceparent" header (2-32-16-2). A UUID can hold a NIR across its last
-#      hyphen ("...-x184-127512345640" with '-' after the birth year): about 1.5 in
-#      1,000,000 UUIDs; a traceparent can end one with its flags as the key (about 4 in
-#      1,000,000); with E2, never.
+#      hyphen ("...-x184-127512345640" with '-' after the birth year): about 2 in
+#      1,000,000 random UUIDs (measured: 2.3e-6); a traceparent can end one with its flags
+#      as the key, and its 32-hex trace id holds runs like a hash (2.3e-5 without E1 and
+#      E2). With E2: never.
 # Base64url pseudonyms (43 characters from 64) need 15 digits among 64 symbols in a row:
 # about 1e-12 a string. tests/unit/test_validation.py measures all this on a million
 # seeded pseudonyms and codes and prints the rate (0).
