@@ -29,7 +29,7 @@ from replicator.progress import ProgressLog
 from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
 from replicator.stores.base import ObjectInfo, Store
 from replicator.stores.factory import build_store
-from replicator.validation import check_record
+from replicator.validation import check_record, find_identifier_in_message
 from replicator.verify_logic import RecordPrint, canonical
 
 TP = tuple[str, int]
@@ -211,6 +211,9 @@ class OpsContext:
         topic, offset = msg.topic(), msg.offset()
         assert topic is not None and offset is not None
         schema_topic = self.settings.schema_topic(topic)
+        key, headers = msg.key(), msg.headers()
+        if (key is not None or headers) and find_identifier_in_message(key, headers):
+            return None, None
         try:
             decoded = decode_wire(self.registry, schema_topic, msg.value())
         except DecodeError:
@@ -221,7 +224,7 @@ class OpsContext:
             RawRecord(
                 offset=offset,
                 timestamp_ms=int(msg.timestamp()[1]),
-                key=msg.key(),
+                key=key,
                 body=bytes(decoded.body),
             ),
             decoded.schema.id,

@@ -508,6 +508,7 @@ class Replicator:
                     cast(int, msg.offset()),
                     msg.timestamp()[1],
                     msg.key(),
+                    msg.headers(),
                 )
             )
         return judge_items(self.registry, items, self.settings.max_record_bytes, False)[0]
@@ -542,6 +543,7 @@ class Replicator:
                     cast(int, msg.offset()),
                     msg.timestamp()[1],
                     msg.key(),
+                    msg.headers(),
                 )
             )
         if not taken:
@@ -590,7 +592,7 @@ class Replicator:
         current: PartitionState | None = None
         valid = False
         batch = zip(msgs, states, items, verdicts, strict=True)
-        for msg, state, (_topic, value, offset, timestamp_ms, key), verdict in batch:
+        for msg, state, (_topic, value, offset, timestamp_ms, key, _headers), verdict in batch:
             if state is not current:
                 current = state
                 valid = state.ready and parts.get(state.tp) is state
