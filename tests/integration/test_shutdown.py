@@ -70,19 +70,22 @@ def test_shutdown_is_bounded_when_a_store_hangs(
                 wait_events(svc, "partitions_assigning")
                 time.sleep(1.0)  # into the listing of the frozen store
                 took, code = stop_timed(svc)
-            # The stop came while the stores were listed: no partition was taken further.
-            assert events(svc, "assignment_abandoned"), svc.log_text()[-3000:]
         else:
             wait_events(svc, "partition_assigned", 2 * PARTITIONS)
             time.sleep(2.0)  # objects written and committed in both stores
             with frozen(stack, store):
                 time.sleep(2.0)  # puts to the frozen store under way, none answered
                 took, code = stop_timed(svc)
-            # The drain waited for puts that never ended: they were given up, uncommitted.
-            abandoned = events(svc, "puts_abandoned")
-            assert abandoned and store in abandoned[-1]["stores"], svc.log_text()[-3000:]
+    print(f"{store} {moment}: SIGTERM to exit {took:.1f}s (shutdown_timeout_s={SHUTDOWN_S:g})")
     assert code == 0, svc.log_text()[-3000:]
     assert took <= SHUTDOWN_S + MARGIN_S, f"exit took {took:.1f}s\n{svc.log_text()[-3000:]}"
+    if moment == "assigning":
+        # The stop came while the stores were listed: no partition was taken further.
+        assert events(svc, "assignment_abandoned"), svc.log_text()[-3000:]
+    else:
+        # The drain waited for puts that never ended: they were given up, uncommitted.
+        abandoned = events(svc, "puts_abandoned")
+        assert abandoned and store in abandoned[-1]["stores"], svc.log_text()[-3000:]
     produced = load.produced
     try:
         run.finish(produced, [svc])  # started again, with the store answering again
@@ -132,17 +135,18 @@ def test_a_replica_stopped_while_it_joins_does_not_block_the_next_one(
     wait_events(a, "joining_group")
     assert a.stop(timeout=30) == 0, a.log_text()[-3000:]
     assert not events(a, "partition_assigned"), a.log_text()[-3000:]
+    assert events(a, "stopped"), a.log_text()[-3000:]  # logged once the consumer is closed
 
     # Tansu's quirk (not Kafka's): a member whose LeaveGroup arrives while its JoinGroup is
-    # pending stays in the group, as its leader, and every later member waits for its
-    # SyncGroup forever (seen for minutes, whatever max.poll.interval.ms; with a bare
-    # client as with the service). On Kafka the LeaveGroup removes it at once, and the
-    # group is empty; the test makes it so by deleting the group, which holds nothing of
-    # the service's (no offset is ever committed to it: each store's progress is a group
-    # of its own).
+    # pending stays in the group as its leader, and every later member waits for its
+    # SyncGroup forever (seen for minutes, whatever max.poll.interval.ms, with a bare
+    # client as with the service), though the group is described as empty. On Kafka the
+    # LeaveGroup removes it at once. The test deletes the group, as Kafka allows for an empty
+    # one; it holds nothing of the service's (no offset is ever committed to it: each
+    # store's progress is a group of its own).
     described = admin.describe_consumer_groups([settings.group_id])[settings.group_id].result()
-    if described.members:
-        admin.delete_consumer_groups([settings.group_id])[settings.group_id].result()
+    assert not described.members
+    admin.delete_consumer_groups([settings.group_id])[settings.group_id].result()
 
     b = Service(settings, tmp_path, "b").start()
     try:
