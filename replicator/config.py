@@ -221,7 +221,11 @@ class Settings(BaseSettings):
         gt=0,
     )
     shutdown_timeout_s: float = Field(
-        description="On SIGTERM (or a partition revoked), how long in-flight puts may take to finish before the final commit; Kubernetes' termination grace must be longer",
+        description="The bound of a shutdown, counted from SIGTERM whatever a store does: puts "
+        "under way may finish until then, what the stores hold is committed, the rest is "
+        "abandoned uncommitted, and the process exits a few seconds later at most (the final "
+        "commits, the group leave). A revoked partition drains as long. Kubernetes' termination "
+        "grace must be longer (the chart adds 15 s)",
         default=30.0,
         gt=0,
     )

@@ -33,6 +33,7 @@ objects already in the reachable stores, so a restart or a new owner cuts exactl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -46,7 +47,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from dataclasses import dataclass, field
 from enum import Enum
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
@@ -56,6 +57,7 @@ from replicator.checks_native import extension
 from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
 from replicator.config import Settings
 from replicator.container import RawRecord, encode_container, object_metadata
+from replicator.daemonpool import DaemonPool
 from replicator.deadletter import DeadLetterError, DeadLetterWriter, read_limit
 from replicator.errors import ConflictError, StoreError
 from replicator.judge import Item, Verdict, judge_batch, judge_items, start_pool
@@ -82,6 +84,16 @@ FETCH_QUEUE_BACKOFF_MS = 20
 # long wait goes back to pausing, which does.
 HOLD_BEFORE_PAUSE_S = 1.0
 HOLD_WAIT_S = 0.005
+# How often the loop, waiting for a store call of its own (a listing, a probe), looks whether
+# a stop was asked for: a store that never answers must not hold a SIGTERM.
+STOP_POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+class Stopping(Exception):
+    """A stop was asked for while the loop waited for a store: what it waited for is
+    abandoned (nothing depends on it but work that will not happen)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,29 @@ def too_slow(lanes: dict[str, tuple[int, bool]], share: int) -> list[str]:
     ]
 
 
+def live_consumer_config(settings: Settings) -> dict[str, Any]:
+    """The live consumer's settings (the group member that owns partitions).
+
+    On SIGTERM the consumer is closed (`Consumer.close()`), which sends LeaveGroup, also
+    while its JoinGroup is still pending: the group rebalances at once instead of waiting
+    for the session to expire. Nothing is ever committed to this group (each store's
+    progress is a group of its own, see progress.py)."""
+    return {
+        **settings.kafka_common(),
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "queued.max.messages.kbytes": settings.fetch_buffer_kbytes,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        "heartbeat.interval.ms": max(settings.session_timeout_ms // 5, 500),
+        "partition.assignment.strategy": "range",
+        "enable.partition.eof": False,
+        "client.id": f"replicator-{__version__}",
+    }
+
+
 class CopyFailed(Exception):
     """An object could not be copied from another store: read Kafka for it instead."""
 
@@ -206,7 +241,7 @@ class Lane:
     """One store: its client, its pool of puts, its position per partition."""
 
     store: Store
-    executor: ThreadPoolExecutor
+    executor: DaemonPool
     mode: LaneMode = LaneMode.UP
     positions: dict[TP, int] = field(default_factory=dict)  # durable: next offset to write
     committed: dict[TP, int] = field(default_factory=dict)  # last value committed to Kafka
@@ -267,15 +302,16 @@ class Replicator:
         self.lanes = [
             Lane(
                 store=s,
-                executor=ThreadPoolExecutor(
-                    max_workers=settings.write_concurrency + 1, thread_name_prefix=f"put-{s.name}"
-                ),
+                executor=DaemonPool(settings.write_concurrency + 1, f"put-{s.name}"),
             )
             for s in stores
         ]
         self.parts: dict[TP, PartitionState] = {}
         self.stats = RunStats()
         self._stop = threading.Event()
+        # When the stop was asked for, plus shutdown_timeout_s: every wait of the shutdown
+        # (the drain, a revoke's drain, the final commit) ends by then.
+        self._stop_deadline: float | None = None
         self._abort = threading.Event()  # second signal: stop retrying puts at once
         self._consumer: Consumer | None = None
         self._dlq: DeadLetterWriter | None = None
@@ -289,7 +325,9 @@ class Replicator:
         self._held_since: float | None = None  # since when a full lane holds the loop
         self._judges: ProcessPoolExecutor | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
-        self._copier = ThreadPoolExecutor(max_workers=4, thread_name_prefix="copy")
+        self._copier = DaemonPool(4, "copy")  # reads another store: may hang with it
+        # The loop's own store calls (listings, deletes, probes), waited for by `_store_call`.
+        self._calls = DaemonPool(2 * max(len(self.lanes), 1), "store-call")
         self._judged: deque[
             tuple[
                 list[Message],
@@ -303,7 +341,27 @@ class Replicator:
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
         self._stop.set()
+
+    def _deadline(self) -> float:
+        """The shutdown's deadline: shutdown_timeout_s after the stop was asked for."""
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        return self._stop_deadline
+
+    def _store_call(self, fn: Callable[[], T]) -> T:
+        """Call a store from the loop's thread, but give up at once when a stop is asked
+        for (raising `Stopping`): the call goes on, abandoned, on a daemon thread."""
+        future = self._calls.submit(fn)
+        while True:
+            done, _pending = wait([future], timeout=STOP_POLL_S)
+            if done:
+                return future.result()
+            if self._stop.is_set():
+                future.cancel()
+                raise Stopping
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -315,7 +373,7 @@ class Replicator:
 
                 os._exit(128 + signum)
             log.info("stopping", extra=fields(signal=signum))
-            self._stop.set()
+            self.stop()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -353,42 +411,46 @@ class Replicator:
         )
         if s.decode_workers > 0:
             self._judges = start_pool(s.decode_workers, s.schemas_dir, s.max_record_bytes)
-        consumer = Consumer(
-            {
-                **self.kafka_conf,
-                "group.id": s.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": s.session_timeout_ms,
-                "queued.max.messages.kbytes": s.fetch_buffer_kbytes,
-                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-                "heartbeat.interval.ms": max(s.session_timeout_ms // 5, 500),
-                "partition.assignment.strategy": "range",
-                "enable.partition.eof": False,
-                "client.id": f"replicator-{__version__}",
-                "error_cb": self._kafka_error,
-            }
-        )
+        consumer = Consumer({**live_consumer_config(s), "error_cb": self._kafka_error})
         self._consumer = consumer
         consumer.subscribe(
             s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
+        log.info("joining_group", extra=fields(group=s.group_id))
         try:
             while not self._stop.is_set():
                 self._turn(consumer)
                 if until is not None and until(self):
                     break
+        except Stopping:
+            pass  # a store call was abandoned for the stop: the shutdown follows
         finally:
             self._shutdown(consumer)
         return self.stats
 
     def _shutdown(self, consumer: Consumer) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        log.info("draining", extra=fields(timeout_s=self.settings.shutdown_timeout_s))
+        """Finish the puts under way until the deadline (shutdown_timeout_s after the stop
+        was asked for), commit what the stores hold, leave the group. A put still running
+        then is abandoned, uncommitted: its thread is a daemon and the process exits without
+        it (the next owner of the partition finds its object, if it lands, as uncommitted)."""
+        deadline = self._deadline()
+        log.info(
+            "draining",
+            extra=fields(
+                timeout_s=self.settings.shutdown_timeout_s,
+                remaining_s=round(max(deadline - time.monotonic(), 0.0), 3),
+            ),
+        )
         self._drop_judged()  # not committed: whoever owns the partitions next reads them again
         for lane in self.lanes:
             self._drain(lane, None, deadline)
+        abandoned = {
+            lane.name: n
+            for lane in self.lanes
+            if (n := sum(len(q) for q in lane.inflight.values()))
+        }
+        if abandoned:
+            log.warning("puts_abandoned", extra=fields(stores=abandoned))
         # What is left of the shutdown budget, at least a second: a dead-letter topic that
         # does not answer must not hold the exit past it.
         self._commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
@@ -410,6 +472,7 @@ class Replicator:
             self._judges.shutdown(wait=False, cancel_futures=True)
         self._encoder.shutdown(wait=False, cancel_futures=True)
         self._copier.shutdown(wait=False, cancel_futures=True)
+        self._calls.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
     # ------------------------------------------------------------------ the loop
@@ -687,7 +750,12 @@ class Replicator:
                 return outcome
             except StoreError as exc:
                 self.metrics.store_errors.labels(lane.name, exc.kind.value).inc()
-                if not exc.retriable or self._abort.is_set() or time.monotonic() + delay > deadline:
+                if (
+                    not exc.retriable
+                    or self._abort.is_set()
+                    or time.monotonic() + delay > deadline
+                    or (self._stop_deadline is not None and time.monotonic() > self._stop_deadline)
+                ):
                     raise
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
@@ -782,7 +850,9 @@ class Replicator:
     # ------------------------------------------------------------------ health and catch-up
     def _probe_now(self, lane: Lane, initial: bool = False) -> None:
         try:
-            lane.store.health_check()
+            self._store_call(lane.store.health_check)
+        except Stopping:
+            return  # stopping before the loop starts: nothing will be written
         except StoreError as exc:
             if initial:
                 log.error(
@@ -832,6 +902,10 @@ class Replicator:
                     catchup.consumer.close()
                 self._mark_down(lane, str(exc))
                 return
+            except Stopping:
+                if lane.catchup is None:
+                    catchup.consumer.close()
+                raise
             if pos >= state.chunker.open_first:
                 self._join_live(lane, tp, state.chunker.open_first)
                 continue
@@ -1022,9 +1096,14 @@ class Replicator:
     # ------------------------------------------------------------------ orphans and plans
     def _list_cuts(self, lane: Lane, tp: TP, start: int) -> list[tuple[int, int]]:
         out = []
-        for info in lane.store.list(
-            partition_prefix(*tp), start_after=offset_marker(tp[0], tp[1], start)
-        ):
+        listing = self._store_call(
+            lambda: list(
+                lane.store.list(
+                    partition_prefix(*tp), start_after=offset_marker(tp[0], tp[1], start)
+                )
+            )
+        )
+        for info in listing:
             key = parse_key(info.key)
             if (
                 key is not None
@@ -1070,7 +1149,7 @@ class Replicator:
                         key=key,
                     ),
                 )
-                lane.store.delete(key)
+                self._store_call(functools.partial(lane.store.delete, key))
             else:
                 plan.add(first, last)
                 kept.append((first, last))
@@ -1175,7 +1254,7 @@ class Replicator:
         for lane in self.lanes:
             if lane.mode is LaneMode.DOWN and lane.probe is None:
                 try:
-                    lane.store.health_check()
+                    self._store_call(lane.store.health_check)
                 except StoreError:
                     continue
                 lane.mode = LaneMode.UP
@@ -1192,10 +1271,30 @@ class Replicator:
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
         self._drop_judged()
         self.broker_up = True
-        assigned = []
+        log.info(
+            "partitions_assigning",
+            extra=fields(partitions=sorted(f"{k.topic}/{k.partition}" for k in partitions)),
+        )
+        assigned: list[KafkaTP] = []
         for ktp in partitions:
             tp = (ktp.topic, ktp.partition)
-            state = self._prepare(tp)
+            try:
+                state = self._prepare(tp)
+            except Stopping:
+                # Stopping while a store is listed: the partitions not prepared yet are not
+                # taken (nothing was read or written for them); the shutdown follows.
+                log.warning(
+                    "assignment_abandoned",
+                    extra=fields(
+                        partitions=sorted(
+                            f"{k.topic}/{k.partition}"
+                            for k in partitions
+                            if (k.topic, k.partition) not in self.parts
+                        )
+                    ),
+                )
+                consumer.assign(assigned)
+                return
             self.parts[tp] = state
             assigned.append(KafkaTP(tp[0], tp[1], state.chunker.position))
             log.info(
@@ -1213,6 +1312,8 @@ class Replicator:
         self._drop_judged()
         tps = {(k.topic, k.partition) for k in partitions}
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        if self._stop_deadline is not None:  # a revoke of the shutdown's: its own bound
+            deadline = min(deadline, self._stop_deadline)
         for lane in self.lanes:
             self._drain(lane, tps, deadline)
         self._commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
