@@ -327,7 +327,8 @@ _SERVICE_LINK = re.compile(
 def unknown_names(names: Iterable[str], settings: Iterable[str]) -> list[tuple[str, str | None]]:
     """Each REPLICATOR_* name (case-insensitive, as the loader reads them) that is no
     setting, with the closest setting's variable name (or None)."""
-    known = sorted("REPLICATOR_" + s.upper() for s in settings)
+    suffixes = sorted(s.upper() for s in settings)
+    known = ["REPLICATOR_" + s for s in suffixes]
     out: list[tuple[str, str | None]] = []
     for name in sorted(set(names)):
         upper = name.upper()
@@ -335,6 +336,7 @@ def unknown_names(names: Iterable[str], settings: Iterable[str]) -> list[tuple[s
             continue
         if _SERVICE_LINK.fullmatch(upper):
             continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
-        out.append((name, close[0] if close else None))
+        # compared without the common prefix, which would make every name look close
+        close = difflib.get_close_matches(upper.removeprefix("REPLICATOR_"), suffixes, n=1)
+        out.append((name, "REPLICATOR_" + close[0] if close else None))
     return out
