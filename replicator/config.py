@@ -555,6 +555,8 @@ def load_settings(**overrides: Any) -> Settings:
     secrets_dir = os.environ.get("REPLICATOR_SECRETS_DIR")
     if secrets_dir is not None:
         folder = Path(secrets_dir)
+        if not secrets_dir.strip():
+            raise ConfigError("REPLICATOR_SECRETS_DIR is empty: unset it or name a directory")
         if not folder.is_dir():
             raise ConfigError(f"REPLICATOR_SECRETS_DIR={secrets_dir!r} is not a directory")
         try:

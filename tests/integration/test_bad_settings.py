@@ -82,6 +82,7 @@ CASES = [
          files={"REPLICATOR_S3_SECRET_KEY": SECRET * (BIG // len(SECRET) + 1)}),
     Case("secret file name in lower case, not UTF-8", "REPLICATOR_S3_SECRET_KEY",
          files={"REPLICATOR_S3_SECRET_KEY": "remove", "replicator_s3_secret_key": b"\xc3("}),
+    Case("secrets folder empty", "REPLICATOR_SECRETS_DIR", env={"REPLICATOR_SECRETS_DIR": ""}),
     Case("secrets folder missing", "REPLICATOR_SECRETS_DIR",
          env={"REPLICATOR_SECRETS_DIR": "/nonexistent-secrets"}),
     Case("secret variable empty", "REPLICATOR_S3_ACCESS_KEY",

@@ -321,8 +321,8 @@ def test_a_secrets_folder_that_is_not_one_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "file").write_text("x")
-    for folder in (tmp_path / "file", tmp_path / "missing"):
-        monkeypatch.setenv("REPLICATOR_SECRETS_DIR", str(folder))
+    for folder in (str(tmp_path / "file"), str(tmp_path / "missing"), ""):
+        monkeypatch.setenv("REPLICATOR_SECRETS_DIR", folder)
         with pytest.raises(ConfigError, match="REPLICATOR_SECRETS_DIR"):
             load_settings(**valid())
 
