@@ -68,7 +68,9 @@ class SecretFilesSource(PydanticBaseSettingsSource):
     """Settings from the files of REPLICATOR_SECRETS_DIR, one file per setting, named like its
     environment variable (case-insensitive), stripped. A file that cannot be used (broken
     link, folder, unreadable, not UTF-8, empty) becomes a BadSecretFile, refused by
-    validation only if no environment variable gives the setting (a variable wins)."""
+    validation only if no environment variable gives the setting (a variable wins). A file
+    may be a link to anywhere (Kubernetes mounts each key as a link into `..data/`): the
+    folder is the operator's, not an input to guard against."""
 
     def __init__(self, settings_cls: type[BaseSettings], secrets_dir: Path | None) -> None:
         super().__init__(settings_cls)
