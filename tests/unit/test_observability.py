@@ -39,7 +39,9 @@ def settings(**overrides: Any) -> Settings:
         "s3_bucket": "bucket",
         "s3_access_key": SecretStr("access"),
         "s3_secret_key": SecretStr(SECRET),
-        "azure_connection_string": SecretStr(f"AccountKey={SECRET}"),
+        "azure_connection_string": SecretStr(
+            f"BlobEndpoint=http://127.0.0.1:9/acct;SharedAccessSignature=sig={SECRET}"
+        ),
         "azure_container": "container",
     }
     values.update(overrides)
