@@ -7,16 +7,23 @@ logging them or putting them in an error never reveals them.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
+from replicator import config_checks as checks
 from replicator.errors import ConfigError
 from replicator.logs import KAFKA_LOGGER
 
@@ -31,19 +38,61 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+def _env(field: str) -> str:
+    return "REPLICATOR_" + field.upper()
+
+
 def sse_customer_key_bytes(key: SecretStr) -> bytes:
     """The 32 raw bytes of an SSE-C key given as base64; ValueError (without the key) if the
     text is not base64 or does not decode to 32 bytes."""
-
     try:
-        raw = base64.b64decode(key.get_secret_value().strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("REPLICATOR_S3_SSE_CUSTOMER_KEY is not valid base64") from None
-    if len(raw) != 32:
-        raise ValueError(
-            f"REPLICATOR_S3_SSE_CUSTOMER_KEY must decode to 32 bytes (AES-256), not {len(raw)}"
-        )
-    return raw
+        return checks.check_sse_customer_key(key.get_secret_value())
+    except ValueError as exc:
+        raise ValueError(f"REPLICATOR_S3_SSE_CUSTOMER_KEY {exc}") from None
+
+
+# Durations are finite (NaN and infinity are refused for every float) and at most a day: a
+# larger wait is a typo, and some (threading, sockets) overflow past about 292 years.
+MAX_DURATION_S = 86_400
+
+
+class BadSecretFile:
+    """What the secrets folder holds for a setting whose file cannot be used: validation
+    turns it into an error naming the setting (the file's content is never read into it)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """Settings from the files of REPLICATOR_SECRETS_DIR, one file per setting, named like its
+    environment variable (case-insensitive), stripped. A file that cannot be used (broken
+    link, folder, unreadable, not UTF-8, empty) becomes a BadSecretFile, refused by
+    validation only if no environment variable gives the setting (a variable wins). A file
+    may be a link to anywhere (Kubernetes mounts each key as a link into `..data/`): the
+    folder is the operator's, not an input to guard against."""
+
+    def __init__(self, settings_cls: type[BaseSettings], secrets_dir: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.secrets_dir = secrets_dir
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the folder once
+
+    def __call__(self) -> dict[str, Any]:
+        if self.secrets_dir is None:
+            return {}
+        by_name = {"replicator_" + name: name for name in self.settings_cls.model_fields}
+        out: dict[str, Any] = {}
+        for path in sorted(self.secrets_dir.iterdir()):
+            field = by_name.get(path.name.lower())
+            if field is None or field in out:
+                continue
+            try:
+                out[field] = checks.read_secret_file(path)
+            except ValueError as exc:
+                out[field] = BadSecretFile(str(exc))
+        return out
 
 
 class Settings(BaseSettings):
@@ -52,7 +101,24 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        folder = None
+        if isinstance(file_secret_settings, SecretsSettingsSource) and isinstance(
+            file_secret_settings.secrets_dir, (str, Path)
+        ):
+            folder = Path(file_secret_settings.secrets_dir)
+        return init_settings, env_settings, dotenv_settings, SecretFilesSource(settings_cls, folder)
 
     # --- Kafka -------------------------------------------------------------------------
     kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
@@ -60,7 +126,7 @@ class Settings(BaseSettings):
         default=["snds.reimbursements", "snds.prescriptions"],
         description="Topics to replicate (comma-separated)",
     )
-    schema_topics: dict[str, str] = Field(
+    schema_topics: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="For a replicated topic whose name differs from the topic its schemas are "
         "registered for in the registry file: JSON object {topic: registry topic}",
@@ -74,12 +140,14 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(
         default=10_000,
         ge=1_000,
+        le=3_600_000,
         description="Consumer session timeout; a new member gets its partitions after about "
         "half of it on some brokers",
     )
     fetch_buffer_kbytes: int = Field(
         default=16_384,
         ge=1024,
+        le=2_097_151,
         description="Pre-fetched kilobytes the consumer may hold (librdkafka "
         "queued.max.messages.kbytes)",
     )
@@ -140,15 +208,18 @@ class Settings(BaseSettings):
     azure_encryption_scope: str | None = Field(
         default=None, description="Encryption scope of every blob written (x-ms-encryption-scope)"
     )
-    store_timeout_s: float = Field(default=10.0, gt=0, description="Per-request store timeout")
+    store_timeout_s: float = Field(
+        default=10.0, gt=0, le=MAX_DURATION_S, description="Per-request store timeout"
+    )
     write_retry_s: float = Field(
         default=30.0,
         ge=0,
+        le=MAX_DURATION_S,
         description="How long a failing put is retried before the store "
         "is marked down (it then catches up from Kafka when it answers again)",
     )
     health_interval_s: float = Field(
-        default=5.0, gt=0, description="How often a down store is probed"
+        default=5.0, gt=0, le=MAX_DURATION_S, description="How often a down store is probed"
     )
     catchup_copy: bool = Field(
         default=True,
@@ -177,6 +248,7 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(
         default=10.0,
         gt=0,
+        le=MAX_DURATION_S,
         description="An open chunk older than this (wall clock) is cut, "
         "so a quiet partition still reaches the stores",
     )
@@ -197,7 +269,8 @@ class Settings(BaseSettings):
         default=1024 * 1024,
         ge=64,
         description="A record value longer than this goes to the dead-letter topic "
-        "(reason oversized)",
+        "(reason oversized); a dead letter over the dead-letter topic's max.message.bytes "
+        "(read at start) goes without its value, with its size and SHA-256",
     )
     max_buffer_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -218,11 +291,17 @@ class Settings(BaseSettings):
         description="How often each store's durable progress is committed to its consumer group",
         default=1.0,
         gt=0,
+        le=MAX_DURATION_S,
     )
     shutdown_timeout_s: float = Field(
-        description="On SIGTERM (or a partition revoked), how long in-flight puts may take to finish before the final commit; Kubernetes' termination grace must be longer",
+        description="The bound of a shutdown, counted from SIGTERM whatever a store does: puts "
+        "under way may finish until then, what the stores hold is committed, the rest is "
+        "abandoned uncommitted, and the process exits a few seconds later at most (the final "
+        "commits, the group leave). A revoked partition drains as long. Kubernetes' termination "
+        "grace must be longer (the chart adds 15 s)",
         default=30.0,
         gt=0,
+        le=MAX_DURATION_S,
     )
     metrics_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - a pod serves its probes and metrics on its own address
@@ -234,6 +313,7 @@ class Settings(BaseSettings):
     lag_interval_s: float = Field(
         default=5.0,
         gt=0,
+        le=MAX_DURATION_S,
         description="How often each store's lag is read from Kafka (committed offsets, "
         "high watermarks, timestamps of the oldest records not yet in the store)",
     )
@@ -244,55 +324,185 @@ class Settings(BaseSettings):
         default="auto", description="Log format; auto: human on a terminal, JSON otherwise"
     )
 
+    # ---- validation: each field's domain, then what the fields must agree on ------------
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _usable_file(cls, value: Any) -> Any:
+        if isinstance(value, BadSecretFile):
+            raise ValueError(value.reason)
+        return value
+
     @field_validator("topics", "stores", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @model_validator(mode="after")
-    def _check_stores(self) -> Settings:
-        if not self.stores:
-            raise ValueError("at least one store must be enabled")
-        if len(set(self.stores)) != len(self.stores):
+    @field_validator("schema_topics", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        return checks.parse_json_object(value)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        return checks.check_bootstrap(value)
+
+    @field_validator("topics")
+    @classmethod
+    def _topics(cls, value: list[str]) -> list[str]:
+        return checks.check_topics(value)
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return checks.check_topic(value)
+
+    @field_validator("schema_topics")
+    @classmethod
+    def _schema_topics(cls, value: dict[str, str]) -> dict[str, str]:
+        return checks.check_schema_topics(value)
+
+    @field_validator("group_id", "kafka_sasl_username")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_name(value)
+
+    @field_validator("s3_region", "s3_sse_kms_key_id", "azure_encryption_scope")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_word(value)
+
+    @field_validator("stores")
+    @classmethod
+    def _stores(cls, value: list[StoreName]) -> list[StoreName]:
+        if not value:
+            raise ValueError("no store: give s3, azure or s3,azure")
+        if len(set(value)) != len(value):
             raise ValueError("a store is listed twice")
-        if "s3" in self.stores:
-            missing = [
-                name
-                for name in ("s3_endpoint", "s3_bucket", "s3_access_key", "s3_secret_key")
-                if getattr(self, name) is None
-            ]
+        return value
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_url(value)
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_bucket(value)
+
+    @field_validator("azure_container")
+    @classmethod
+    def _container(cls, value: str | None) -> str | None:
+        return None if value is None else checks.check_container(value)
+
+    @field_validator("s3_prefix", "azure_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return checks.check_prefix(value)
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return checks.check_host(value)
+
+    @field_validator("kafka_sasl_password", "s3_access_key", "s3_secret_key")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            checks.check_secret(value.get_secret_value())
+        return value
+
+    @field_validator("s3_sse_customer_key")
+    @classmethod
+    def _sse_c(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            checks.check_sse_customer_key(value.get_secret_value())
+        return value
+
+    @field_validator("azure_connection_string")
+    @classmethod
+    def _azure(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            checks.check_azure_connection_string(value.get_secret_value())
+        return value
+
+    @field_validator("kafka_ssl_ca_location", "s3_ca_bundle", "azure_ca_bundle")
+    @classmethod
+    def _file(cls, value: Path | None) -> Path | None:
+        return None if value is None else checks.check_existing_file(value)
+
+    @field_validator("schemas_dir")
+    @classmethod
+    def _dir(cls, value: Path) -> Path:
+        return checks.check_existing_dir(value)
+
+    @model_validator(mode="after")
+    def _agree(self) -> Settings:
+        problems = self.disagreements()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def disagreements(self) -> list[str]:
+        """What the settings, each valid alone, do not agree on; one message per problem,
+        naming the variables."""
+        out: list[str] = []
+        needs = {
+            "s3": ("s3_endpoint", "s3_bucket", "s3_access_key", "s3_secret_key"),
+            "azure": ("azure_connection_string", "azure_container"),
+        }
+        for store in self.stores:
+            missing = [name for name in needs[store] if getattr(self, name) is None]
             if missing:
-                raise ValueError(
-                    "store s3 needs " + ", ".join("REPLICATOR_" + m.upper() for m in missing)
-                )
-        if "azure" in self.stores:
-            missing = [
-                name
-                for name in ("azure_connection_string", "azure_container")
-                if getattr(self, name) is None
-            ]
-            if missing:
-                raise ValueError(
-                    "store azure needs " + ", ".join("REPLICATOR_" + m.upper() for m in missing)
-                )
+                out.append(f"store {store} needs " + ", ".join(_env(m) for m in missing))
         if self.s3_sse_kms_key_id and self.s3_sse != "aws:kms":
-            raise ValueError("REPLICATOR_S3_SSE_KMS_KEY_ID needs REPLICATOR_S3_SSE=aws:kms")
-        if self.s3_sse_customer_key is not None:
-            if self.s3_sse:
-                raise ValueError(
-                    "REPLICATOR_S3_SSE_CUSTOMER_KEY (SSE-C) cannot be combined with "
-                    "REPLICATOR_S3_SSE: choose one server-side encryption"
-                )
-            sse_customer_key_bytes(self.s3_sse_customer_key)
+            out.append("REPLICATOR_S3_SSE_KMS_KEY_ID needs REPLICATOR_S3_SSE=aws:kms")
+        if self.s3_sse_customer_key is not None and self.s3_sse:
+            out.append(
+                "REPLICATOR_S3_SSE_CUSTOMER_KEY (SSE-C) cannot be combined with "
+                "REPLICATOR_S3_SSE: choose one server-side encryption"
+            )
         if self.dead_letter_topic in self.topics:
-            raise ValueError("the dead-letter topic cannot also be a replicated topic")
+            out.append(
+                f"REPLICATOR_DEAD_LETTER_TOPIC {self.dead_letter_topic!r} is also in "
+                "REPLICATOR_TOPICS: the dead-letter topic cannot be replicated"
+            )
+        sasl_protocol = self.kafka_security_protocol.startswith("SASL_")
         if self.kafka_sasl_mechanism and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
-            raise ValueError(
+            out.append(
                 "SASL needs REPLICATOR_KAFKA_SASL_USERNAME and REPLICATOR_KAFKA_SASL_PASSWORD"
             )
-        return self
+        if self.kafka_sasl_mechanism and not sasl_protocol:
+            out.append(
+                "REPLICATOR_KAFKA_SASL_MECHANISM needs REPLICATOR_KAFKA_SECURITY_PROTOCOL "
+                f"SASL_SSL or SASL_PLAINTEXT, not {self.kafka_security_protocol}"
+            )
+        if sasl_protocol and not self.kafka_sasl_mechanism:
+            out.append(
+                f"REPLICATOR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "REPLICATOR_KAFKA_SASL_MECHANISM"
+            )
+        # Each store's lane may hold max_buffer_bytes / stores; a lane must hold at least the
+        # largest chunk (chunk_max_bytes, or one record of max_record_bytes alone) or it can
+        # never take the next one.
+        share = self.max_buffer_bytes // max(len(self.stores), 1)
+        largest = max(self.chunk_max_bytes, self.max_record_bytes)
+        if share < largest:
+            which = (
+                "REPLICATOR_CHUNK_MAX_BYTES"
+                if largest == self.chunk_max_bytes
+                else "REPLICATOR_MAX_RECORD_BYTES"
+            )
+            out.append(
+                f"REPLICATOR_MAX_BUFFER_BYTES={self.max_buffer_bytes} cannot hold one chunk per "
+                f"store: {len(self.stores)} store(s) x {which}={largest} needs at least "
+                f"{largest * len(self.stores)}"
+            )
+        return out
 
     def schema_topic(self, topic: str) -> str:
         """The topic name the registry knows this topic's schemas by."""
@@ -332,17 +542,54 @@ class Settings(BaseSettings):
         return out
 
 
+def _problem(err: Any) -> str:
+    """One line for one pydantic error: the variable's name, then what is wrong."""
+    loc = err["loc"]
+    if not loc:  # a model-level check: its message names the variables itself
+        return " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+    name = _env(str(loc[0]))
+    items = [part for part in loc[1:] if isinstance(part, int)]
+    where = f" item {items[0] + 1}:" if items else ""
+    if err["type"] == "missing":
+        return f"{name} is required"
+    msg = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+    return f"{name}:{where} {msg}"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Load the settings or raise ConfigError with one readable message (no secret in it)."""
+    """Load the settings or raise ConfigError with one readable line naming each bad variable
+    and what is wrong with it (no secret in it)."""
     secrets_dir = os.environ.get("REPLICATOR_SECRETS_DIR")
-    if secrets_dir and not Path(secrets_dir).is_dir():
-        raise ConfigError(f"REPLICATOR_SECRETS_DIR={secrets_dir} is not a directory")
+    if secrets_dir is not None:
+        folder = Path(secrets_dir)
+        if not secrets_dir.strip():
+            raise ConfigError("REPLICATOR_SECRETS_DIR is empty: unset it or name a directory")
+        if not folder.is_dir():
+            raise ConfigError(f"REPLICATOR_SECRETS_DIR={secrets_dir!r} is not a directory")
+        try:
+            os.listdir(folder)
+        except OSError as exc:
+            raise ConfigError(
+                f"REPLICATOR_SECRETS_DIR={secrets_dir!r} cannot be read ({exc.strerror})"
+            ) from None
     try:
         return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"])
-            name = f"REPLICATOR_{loc.upper()}" if loc else "settings"
-            problems.append(f"{name}: {err['msg']}")
+        problems = list(dict.fromkeys(_problem(err) for err in exc.errors()))
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def unknown_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each REPLICATOR_* variable, or file of the secrets folder, that names no
+    setting (a typo is otherwise silently ignored), with the closest setting's name."""
+    environ = os.environ if environ is None else environ
+    found = {name: "variable" for name in environ}
+    folder = environ.get("REPLICATOR_SECRETS_DIR")
+    if folder and Path(folder).is_dir():
+        with contextlib.suppress(OSError):  # load_settings says why
+            found.update({entry: "file in REPLICATOR_SECRETS_DIR" for entry in os.listdir(folder)})
+    out = []
+    for name, close in checks.unknown_names(found, Settings.model_fields):
+        hint = f"; did you mean {close}?" if close else ""
+        out.append(f"{name} ({found[name]}) is not a setting and is ignored{hint}")
+    return out

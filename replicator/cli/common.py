@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from replicator.config import Settings, load_settings
+from replicator.config import Settings, load_settings, unknown_settings
 from replicator.errors import ConfigError
 
 
@@ -15,7 +15,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def load_or_exit() -> Settings:
-    """The settings, or exit 2 with one line naming the bad variable (no traceback)."""
+    """The settings, or exit 2 with one line naming the bad variable (no traceback). Each
+    REPLICATOR_* name that is no setting gets a `warning: ...` line first."""
+    for warning in unknown_settings():
+        typer.echo(f"warning: {warning}", err=True)
     try:
         return load_settings()
     except ConfigError as exc:

@@ -5,8 +5,9 @@ Exit codes (see docs/runbook.md):
   replay:   0 done (written or already present), 1 conflicts or refused partitions,
             3 Kafka or a store unavailable, 2 bad arguments or settings
   cutover:  0 done (or rolled back), 1 refused: diverged, 3 could not check,
-            4 refused: lag not 0 within the timeout, 5 refused: a cutover record already
-            exists, 2 bad arguments or settings
+            4 refused: lag not 0 within the timeout, 5 refused: a cutover record or report
+            already exists that this one cannot complete (another store retired, stores
+            that differ), 2 bad arguments or settings
   rclone-check: rclone's own (0: no difference), 2 bad settings
 """
 
@@ -215,8 +216,9 @@ def cutover_command(
 ) -> None:
     """Retire a store: wait for lag 0, verify, and only if aligned write a cutover record
     into both stores (the service then stops writing the retired store at its next start).
-    --rollback undoes it. Exit 0 done, 1 diverged, 3 could not check, 4 lagging, 5 a
-    cutover record already exists."""
+    Run again, it completes an interrupted cutover. --rollback undoes a complete or
+    interrupted one. Exit 0 done, 1 diverged, 3 could not check or write (run again),
+    4 lagging, 5 a cutover record or report already exists that this one cannot complete."""
     settings = load_or_exit()
     setup_logging("WARNING", "human")
     if rollback == (retire is not None):
@@ -238,7 +240,8 @@ def cutover_command(
         ctx.close()
     if result.report is not None:
         typer.echo(result.report.summary())
-        _write_json(json_report, result.report.dumps())
+    if result.report_bytes is not None:
+        _write_json(json_report, result.report_bytes)
     if result.exit_code == 0:
         typer.echo(result.message)
     else:

@@ -165,6 +165,25 @@ not case-sensitive, and a trailing newline is ignored). An environment variable 
 a file. Lists are comma-separated; a JSON object is written as JSON.
 
 `replicator config` prints the effective configuration with every secret masked.
+
+Every setting is checked at start-up, before any connection: the commands that read the
+settings (`config`, `check`, `run`, `verify`, `replay`, `cutover`, `rclone-check`) refuse a
+bad one with exit code 2 and one line on stderr naming each bad variable and what is wrong
+(never a secret's value), e.g.
+`error: invalid configuration: REPLICATOR_GROUP_ID: is empty`. Besides the types and bounds
+below: the bootstrap is `host:port[,host:port]` (ports 1 to 65535, IPv6 in brackets); topic
+names follow Kafka's rule (1 to 249 of letters, digits, `.`, `_`, `-`, not `.` or `..`),
+no topic twice, the dead-letter topic not among them; the group id is not blank; prefixes
+are `/`-separated segments of letters, digits and `!-_.*'()`, without a leading `/` or an
+empty, `.` or `..` segment; bucket and container names follow S3's and Azure's rules; the
+S3 endpoint is an `http(s)://` URL; CA files and the schemas folder exist; durations are
+finite; `max_buffer_bytes` holds, for each store, one chunk of `chunk_max_bytes` and one
+record of `max_record_bytes`; a SASL mechanism goes with a `SASL_*` protocol and both need
+the user name and password; a secret is not empty and holds one line, the Azure connection
+string has an account key or a SAS, the SSE-C key is base64 of 32 bytes. A file of
+`REPLICATOR_SECRETS_DIR` that is a broken link, a folder, unreadable, not UTF-8, empty or
+over 64 KiB is refused the same way. A `REPLICATOR_*` variable (or a secret file) that
+names no setting is not an error: it gets a `warning: ...` line naming the closest setting.
 """
 
 

@@ -4,15 +4,15 @@
  * Why: fastavro's decode into a dict and the Python checks were the service's largest cost
  * per record (docs/performance.md). For a writer schema whose fields are all primitives,
  * this walks the Avro body once, in C, and tests the same sufficient conditions as the
- * fast path of `replicator.checks_compiled` (itself checked against the specification,
- * `replicator.validation.check_record`).
+ * fast path of `replicator.judge.compiled` (itself checked against the specification,
+ * `replicator.judge.rules.check_record`).
  *
  * Contract: it only ever says "good". For each item it returns either the program's verdict
  * (schema id, "", ""), which means the Python path would have judged the record good, or
  * None, which means "not sure": the caller then judges that item in Python, which names the reason of a
  * bad record. Anything unusual gives None: a non-ASCII string, a varint longer than 64 bits,
  * an out-of-range union or enum index, a value at a rule's edge it does not model, trailing
- * bytes. The program of each schema is made in Python (`replicator.checks_native`), which
+ * bytes. The program of each schema is made in Python (`replicator.judge.native`), which
  * also decides which schemas this path may take at all.
  */
 #define PY_SSIZE_T_CLEAN
@@ -25,6 +25,7 @@ enum { R_NONE, R_SCAN, R_UUID, R_HEX, R_DEPT, R_CCAM, R_CIP13, R_ATC, R_RANGE, R
 enum { S_EVENT, S_BIRTH, S_DATE0, S_DATE1, S_DATE2, S_REIMBURSED, S_BASE, S_PAID, N_SLOTS };
 
 #define NIR_MIN_LENGTH 15
+#define HASH_MIN_LENGTH 32 /* rules._HASH_MIN_LENGTH */
 #define YEARS 211 /* 1890 .. 2100 */
 
 typedef struct {
@@ -182,50 +183,150 @@ static inline int read_long(const unsigned char **at, const unsigned char *end, 
     return 0;
 }
 
-static inline int is_alnum(unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+/* Character classes of the NIR scan, one table lookup each (filled at import). */
+enum { C_DIGIT = 1, C_HEX = 2, C_SEP = 4, C_SEX = 8 };
+static unsigned char CLASS[256];
+
+static void init_classes(void) {
+    for (int c = 0; c < 256; c++) {
+        unsigned char k = 0;
+        if (c >= '0' && c <= '9') k |= C_DIGIT | C_HEX;
+        if ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) k |= C_HEX;
+        /* ASCII separators: whitespace as str.isspace sees it, then . _ / - */
+        if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f) || c == '.' ||
+            c == '_' || c == '/' || c == '-')
+            k |= C_SEP;
+        if (c == '1' || c == '2' || c == '3' || c == '4' || c == '7' || c == '8') k |= C_SEX;
+        CLASS[c] = k;
+    }
 }
+
 static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 static inline int is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 static inline int is_lower_hex(unsigned char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
 }
-static inline int is_hex(unsigned char c) { return is_lower_hex(c) || (c >= 'A' && c <= 'F'); }
+static inline int is_hex(unsigned char c) { return CLASS[c] & C_HEX; }
 
-/* 1 if an ASCII string certainly holds no NIR token (validation.find_nir finds nothing).
- * A NIR match is made of [0-9ABab] and, between groups, single spaces (the other separators
- * are not ASCII), and is neither preceded nor followed by a letter or digit. So it lies in
- * one maximal run of [0-9ABab ] of 15 characters or more; without a space inside, it is
- * 15 characters long and must be the whole run, with no letter or digit on either side. A
- * run that could hold one makes this say "not sure". */
-static int holds_no_nir(const unsigned char *s, Py_ssize_t n) {
-    if (n < NIR_MIN_LENGTH) return 1;
-    Py_ssize_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        int in_run = is_digit(c) || c == 'A' || c == 'B' || c == 'a' || c == 'b' || c == ' ';
-        if (!in_run) {
-            i++;
-            continue;
-        }
-        Py_ssize_t start = i;
-        int space = 0;
-        while (i < n) {
-            c = s[i];
-            if (c == ' ')
-                space = 1;
-            else if (!(is_digit(c) || c == 'A' || c == 'B' || c == 'a' || c == 'b'))
-                break;
-            i++;
-        }
-        if (i - start >= NIR_MIN_LENGTH) {
-            if (space) return 0;
-            int open_left = start == 0 || !is_alnum(s[start - 1]);
-            int open_right = i == n || !is_alnum(s[i]);
-            if (open_left && open_right) return 0;
-        }
+/* The NIR rule of `rules.find_nir`, exactly, for ASCII text (callers leave any other
+ * text to Python). Separators (ASCII whitespace as str.isspace sees it, '.', '_', '/', '-')
+ * may stand in any number between groups; the NIR must not follow nor precede an ASCII
+ * digit; a match inside a run of 32 or more hex digits (E1) or inside a maximal run of hex
+ * digits and '-' shaped as a UUID or a traceparent (E2) does not count. */
+static inline int is_sep(unsigned char c) { return CLASS[c] & C_SEP; }
+
+static int is_hex_id(const unsigned char *s, Py_ssize_t n) {
+    static const int uuid_groups[] = {8, 4, 4, 4, 12};
+    static const int trace_groups[] = {2, 32, 16, 2};
+    const int *groups;
+    int count;
+    if (n == 36) {
+        groups = uuid_groups;
+        count = 5;
+    } else if (n == 55) {
+        groups = trace_groups;
+        count = 4;
+    } else {
+        return 0;
+    }
+    Py_ssize_t at = 0;
+    for (int g = 0; g < count; g++) {
+        if (g > 0 && s[at++] != '-') return 0;
+        for (int k = 0; k < groups[g]; k++)
+            if (!is_hex(s[at++])) return 0;
     }
     return 1;
+}
+
+static int nir_exempt(const unsigned char *s, Py_ssize_t n, Py_ssize_t start, Py_ssize_t end) {
+    Py_ssize_t left = start, right = end;
+    if (end - start == NIR_MIN_LENGTH) { /* E1: no separator, all of [0-9ABab] */
+        while (left > 0 && is_hex(s[left - 1])) left--;
+        while (right < n && is_hex(s[right])) right++;
+        if (right - left >= HASH_MIN_LENGTH) return 1;
+    }
+    for (Py_ssize_t i = start; i < end; i++)
+        if (!is_hex(s[i]) && s[i] != '-') return 0;
+    left = start;
+    right = end;
+    while (left > 0 && (is_hex(s[left - 1]) || s[left - 1] == '-')) left--;
+    while (right < n && (is_hex(s[right]) || s[right] == '-')) right++;
+    return is_hex_id(s + left, right - left); /* E2 */
+}
+
+/* The NIR starting at s[i], if any: its end (exclusive) with a valid key and not exempt;
+ * else -1. Each character is tested as it is read, so most candidates end at once. */
+static Py_ssize_t nir_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) {
+    static const int group_length[] = {1, 2, 2, 2, 3, 3, 2};
+    unsigned char c[NIR_MIN_LENGTH];
+    int k = 0;
+    Py_ssize_t j = i;
+    for (int g = 0; g < 7; g++) {
+        if (g > 0)
+            while (j < n && is_sep(s[j])) j++;
+        for (int m = 0; m < group_length[g]; m++) {
+            if (j >= n) return -1;
+            unsigned char ch = s[j++];
+            /* every character a digit, but the department's second may be A/B/a/b */
+            if (!is_digit(ch) && !(k == 6 && c[5] == '2' &&
+                                   (ch == 'A' || ch == 'B' || ch == 'a' || ch == 'b')))
+                return -1;
+            c[k++] = ch;
+        }
+        if (g == 2) { /* month */
+            int month = (c[3] - '0') * 10 + (c[4] - '0');
+            if (!((month >= 1 && month <= 12) || month == 20 || (month >= 30 && month <= 42) ||
+                  month >= 50))
+                return -1;
+        }
+    }
+    if (j < n && is_digit(s[j])) return -1;
+    if (!(c[0] == '1' || c[0] == '2' || c[0] == '3' || c[0] == '4' || c[0] == '7' || c[0] == '8'))
+        return -1;
+    int department;
+    if (is_digit(c[6])) {
+        department = (c[5] - '0') * 10 + (c[6] - '0');
+        if (department == 0) return -1;
+    } else {
+        department = (c[6] == 'A' || c[6] == 'a') ? 19 : 18; /* 2A, 2B */
+    }
+    int64_t number = 0;
+    for (int m = 0; m < 5; m++) number = number * 10 + (c[m] - '0');
+    number = number * 100 + department;
+    for (int m = 7; m < 13; m++) number = number * 10 + (c[m] - '0');
+    int key = (c[13] - '0') * 10 + (c[14] - '0');
+    if (97 - number % 97 != key) return -1;
+    if (nir_exempt(s, n, i, j)) return -1;
+    return j;
+}
+
+/* 1 if ASCII text holds no NIR (rules.find_nir finds nothing), else 0. */
+static int holds_no_nir(const unsigned char *s, Py_ssize_t n) {
+    if (n < NIR_MIN_LENGTH) return 1;
+    /* as rules._find_nir_fast: one run of 32 or more hex digits (E1 covers every
+     * match in it) or a UUID (E2) holds none; a pseudonym key is one of these */
+    if (n >= HASH_MIN_LENGTH) {
+        Py_ssize_t h = 0;
+        while (h < n && is_hex(s[h])) h++;
+        if (h == n) return 1;
+    }
+    if (n == 36 && is_hex_id(s, n)) return 1;
+    int after_digit = 0;
+    for (Py_ssize_t i = 0; i + NIR_MIN_LENGTH <= n; i++) {
+        unsigned char k = CLASS[s[i]];
+        if ((k & C_SEX) && !after_digit && nir_at(s, n, i) >= 0) return 0;
+        after_digit = k & C_DIGIT;
+    }
+    return 1;
+}
+
+/* 1 if the bytes are ASCII and hold no NIR; 0 if not sure (Python decides). */
+static int ascii_holds_no_nir(const unsigned char *s, Py_ssize_t n) {
+    if (n < NIR_MIN_LENGTH) return 1; /* fewer characters than a NIR in any reading */
+    unsigned char seen = 0;
+    for (Py_ssize_t i = 0; i < n; i++) seen |= s[i];
+    if (seen & 0x80) return 0;
+    return holds_no_nir(s, n);
 }
 
 static int is_department(const unsigned char *s, Py_ssize_t n) {
@@ -343,7 +444,7 @@ static int body_passes(const Program *p, const unsigned char *at, const unsigned
         }
     }
     if (at != end) return 0; /* trailing bytes */
-    /* Rules across fields, as checks_compiled writes them. */
+    /* Rules across fields, as judge.compiled writes them. */
     if (present[S_BIRTH]) {
         int64_t index = slot[S_BIRTH] - p->first_year;
         if (index < 0 || index >= YEARS) return 0;
@@ -406,9 +507,33 @@ static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py
     return out;
 }
 
+/* 1 if the message's key (bytes or None) and headers (None or a list of (str name, bytes or
+ * None value)) are ASCII and hold no NIR (rules.find_identifier_in_message finds
+ * nothing); 0 if not sure. */
+static int message_passes(PyObject *key, PyObject *headers) {
+    if (key != Py_None &&
+        !ascii_holds_no_nir((const unsigned char *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)))
+        return 0;
+    if (headers == Py_None) return 1;
+    if (!PyList_CheckExact(headers)) return 0;
+    for (Py_ssize_t h = 0; h < PyList_GET_SIZE(headers); h++) {
+        PyObject *header = PyList_GET_ITEM(headers, h);
+        if (!PyTuple_CheckExact(header) || PyTuple_GET_SIZE(header) != 2) return 0;
+        PyObject *name = PyTuple_GET_ITEM(header, 0), *value = PyTuple_GET_ITEM(header, 1);
+        if (!PyUnicode_CheckExact(name) || !PyUnicode_IS_ASCII(name)) return 0;
+        if (!holds_no_nir(PyUnicode_1BYTE_DATA(name), PyUnicode_GET_LENGTH(name))) return 0;
+        if (value == Py_None) continue;
+        if (!PyBytes_CheckExact(value)) return 0;
+        if (!ascii_holds_no_nir((const unsigned char *)PyBytes_AS_STRING(value),
+                                PyBytes_GET_SIZE(value)))
+            return 0;
+    }
+    return 1;
+}
+
 /* accept(programs, items, max_bytes) -> verdicts
  * programs: {schema id header as a big-endian int: Program}
- * items: list of (schema topic, value, offset, timestamp ms, key)
+ * items: list of (schema topic, value, offset, timestamp ms, key, headers)
  * Each verdict is the program's (schema id, "", "") or None ("not sure"), in the items'
  * order. */
 static PyObject *accept(PyObject *self, PyObject *args) {
@@ -425,13 +550,14 @@ static PyObject *accept(PyObject *self, PyObject *args) {
         PyObject *item = PyList_GET_ITEM(items, i);
         Py_INCREF(Py_None);
         PyList_SET_ITEM(verdicts, i, Py_None);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 5) continue;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) continue;
         PyObject *topic = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
         PyObject *offset_obj = PyTuple_GET_ITEM(item, 2), *ts_obj = PyTuple_GET_ITEM(item, 3);
-        PyObject *key = PyTuple_GET_ITEM(item, 4);
+        PyObject *key = PyTuple_GET_ITEM(item, 4), *headers = PyTuple_GET_ITEM(item, 5);
         if (!PyBytes_CheckExact(value) || !PyLong_CheckExact(offset_obj) ||
             !PyLong_CheckExact(ts_obj) || (key != Py_None && !PyBytes_CheckExact(key)))
             continue;
+        if (!message_passes(key, headers)) continue;
         Py_ssize_t len = PyBytes_GET_SIZE(value);
         const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
         if (len < 5 || len > max_bytes || v[0] != 0) continue;
@@ -538,7 +664,21 @@ done:
     return out;
 }
 
+/* holds_no_nir(data: bytes) -> bool: the scan the judge applies to a key or header value
+ * (True: ASCII and no NIR; False: not sure). For differential tests. */
+static PyObject *py_holds_no_nir(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "bytes expected");
+        return NULL;
+    }
+    return PyBool_FromLong(
+        ascii_holds_no_nir((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
+}
+
 static PyMethodDef methods[] = {
+    {"holds_no_nir", py_holds_no_nir, METH_O,
+     "holds_no_nir(data) -> True if data is ASCII and holds no NIR; False: not sure"},
     {"compile", compile_program, METH_VARARGS,
      "compile(topic, verdict, ops, first_year, min_date_days, day_ms, year_start_ms, "
      "lowest_day) -> program"},
@@ -556,6 +696,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fastcheck(void) {
+    init_classes();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddIntConstant(m, "YEARS", YEARS) < 0 ||

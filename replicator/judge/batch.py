@@ -24,7 +24,7 @@ from fastavro import schemaless_reader
 
 from replicator.judge.compiled import Checker, checker_for
 from replicator.judge.native import extension, native_programs
-from replicator.judge.rules import check_record
+from replicator.judge.rules import Headers, check_record, find_identifier_in_message
 from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
 
 Verdict = tuple[int | None, str, str]
@@ -35,8 +35,19 @@ _max_bytes = 0
 
 
 def judge(
-    registry: SchemaRegistry, schema_topic: str, value: bytes | None, max_bytes: int
+    registry: SchemaRegistry,
+    schema_topic: str,
+    value: bytes | None,
+    max_bytes: int,
+    key: bytes | None = None,
+    headers: Headers | None = None,
 ) -> Verdict:
+    """The verdict of one message: a NIR in its key or headers first (whatever the value),
+    then the value's decode, then the health-data checks of the decoded record."""
+    if key is not None or headers:
+        found = find_identifier_in_message(key, headers)
+        if found is not None:
+            return None, found.reason, found.detail
     try:
         decoded = decode_wire(registry, schema_topic, value, max_bytes=max_bytes)
     except DecodeError as exc:
@@ -57,7 +68,8 @@ def _init_worker(schemas_dir: str, max_bytes: int) -> None:
     _programs(_registry)
 
 
-Item = tuple[str, bytes | None, int, int, bytes | None]  # schema topic, value, offset, ts, key
+# schema topic, value, offset, timestamp ms, key, headers
+Item = tuple[str, bytes | None, int, int, bytes | None, Headers | None]
 
 
 def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> list[Verdict]:
@@ -66,7 +78,8 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
     Three paths, fastest first; a verdict never depends on the path taken:
 
     1. the compiled extension (`judge.native`), which accepts a well-formed, healthy record
-       of a primitive-only schema without decoding it into Python objects;
+       of a primitive-only schema, with ASCII key and headers holding no NIR, without
+       decoding it into Python objects;
     2. for a record it is not sure about, the same reader as `judge` without its wrapper
        objects, then the checks compiled for its writer schema (`judge.compiled`, identical
        verdicts to `check_record`);
@@ -83,9 +96,15 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
     for index, native_verdict in enumerate(verdicts):
         if native_verdict is not None:
             continue
-        topic, value, _offset, _timestamp_ms, _key = items[index]
+        topic, value, _offset, _timestamp_ms, key, headers = items[index]
         record: object = None
         schema = None
+        found = None
+        if key is not None or headers:
+            found = find_identifier_in_message(key, headers)
+        if found is not None:
+            verdicts[index] = (None, found.reason, found.detail)
+            continue
         if value is not None and HEADER_SIZE <= len(value) <= max_bytes and value[0] == 0:
             schema = by_header.get(value[1:HEADER_SIZE])
             if schema is not None and schema.topic == topic:
@@ -99,7 +118,7 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
                     if stream.tell() != len(value):
                         record = None
         if type(record) is not dict or schema is None:
-            verdict = judge(registry, topic, value, max_bytes)
+            verdict = judge(registry, topic, value, max_bytes)  # key, headers: done above
         else:
             violation = checkers[schema.id](record)
             verdict = (

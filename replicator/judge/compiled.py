@@ -50,6 +50,7 @@ from replicator.judge.rules import (
     _CIP13_RE,
     _DATE_FIELDS,
     _FIRST_YEAR,
+    _HASH_MIN_LENGTH,
     _HEX_FIELDS,
     _LAST_YEAR,
     _NIR_MIN_LENGTH,
@@ -212,13 +213,17 @@ def _string_rule(field: _Field) -> str | None:
     """Condition for a string rule (the value's shape also rules out a NIR token)."""
     v = field.var
     if field.name == "event_id":
-        shape = f"_is_uuid({v})"  # 36 characters, tokens of at most 12
+        shape = f"_is_uuid({v})"  # a UUID: every NIR-shaped match in it is exempt (E2)
     elif field.name in _HEX_LENGTHS:
-        # all ASCII, and nothing left once the bytes 0-9 a-f are deleted
+        # all ASCII, and nothing left once the bytes 0-9 a-f are deleted: a hash of 32 or
+        # more hex digits holds no NIR (E1); a shorter one is scanned
+        length = _HEX_LENGTHS[field.name]
         shape = (
-            f"len({v}) == {_HEX_LENGTHS[field.name]:d} and {v}.isascii()"
+            f"len({v}) == {length:d} and {v}.isascii()"
             f" and not {v}.encode().translate(None, _LOWER_HEX_BYTES)"
         )
+        if length < _HASH_MIN_LENGTH:
+            shape += f" and _find_nir({v}) is None"
     elif field.name == "residence_department":
         shape = f"{v} in _DEPARTMENTS"  # at most 3 characters
     elif field.name == "act_code":

@@ -1,4 +1,4 @@
-"""The judge's compiled fast path: programs for ``replicator/_fastcheck.c``.
+"""The judge's compiled fast path: programs for ``replicator/judge/_fastcheck.c``.
 
 Why: after the compiled checks (``judge.compiled``), fastavro's decode of each value into a
 dict was the largest cost per record left (docs/performance.md). For a writer schema made
@@ -6,7 +6,9 @@ only of primitive fields, the C extension walks the Avro body once, without maki
 object per field, and tests the same *sufficient* conditions as the generated fast path of
 ``judge.compiled``. It only ever says "good": for any other record (a violation, a
 non-ASCII string, an unusual encoding) it says "not sure", and the Python path judges that
-record as before, with ``judge.rules.check_record`` naming every reason.
+record as before, with ``judge.rules.check_record`` naming every reason. It also scans the
+message key and headers with the exact NIR rule of ``judge.rules.find_nir`` (ASCII only:
+any other byte means "not sure").
 
 This module turns a schema into the extension's program: one operation per top-level field
 (how the field is encoded on the wire, which rule applies to it, where the rules across
@@ -33,6 +35,7 @@ from replicator.judge.rules import (
     _AMOUNT_SUFFIX,
     _DATE_FIELDS,
     _FIRST_YEAR,
+    _HASH_MIN_LENGTH,
     _HEX_FIELDS,
     _LAST_YEAR,
     DAY_MS,
@@ -149,6 +152,8 @@ def program_ops(schema: RegisteredSchema) -> list[Op] | None:
         elif name in _STRING_RULES:
             rule = _STRING_RULES[name]
         elif name in hex_lengths:
+            if hex_lengths[name] < _HASH_MIN_LENGTH:
+                return None  # a short hex value may hold a NIR: the C walk does not scan it
             rule, lo = R_HEX, hex_lengths[name]
         elif name == "sex":
             rule, lo, hi = R_RANGE, 1, 2

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException, Message
 from replicator.chunking import ChunkRules
 from replicator.config import Settings
 from replicator.errors import ConfigError
-from replicator.judge.rules import check_record
+from replicator.judge.rules import check_record, find_identifier_in_message
 from replicator.kafka.progress import ProgressLog
 from replicator.kafka.view import KafkaUnavailable, KafkaView
 from replicator.keys import offset_marker, parse_key, partition_prefix
@@ -199,6 +199,9 @@ class OpsContext:
         topic, offset = msg.topic(), msg.offset()
         assert topic is not None and offset is not None
         schema_topic = self.settings.schema_topic(topic)
+        key, headers = msg.key(), msg.headers()
+        if (key is not None or headers) and find_identifier_in_message(key, headers):
+            return None, None
         try:
             decoded = decode_wire(self.registry, schema_topic, msg.value())
         except DecodeError:
@@ -209,7 +212,7 @@ class OpsContext:
             RawRecord(
                 offset=offset,
                 timestamp_ms=int(msg.timestamp()[1]),
-                key=msg.key(),
+                key=key,
                 body=bytes(decoded.body),
             ),
             decoded.schema.id,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaTP
@@ -23,6 +22,7 @@ from replicator.errors import StoreError
 from replicator.keys import object_key
 from replicator.logs import fields
 from replicator.model import TP
+from replicator.pipeline.daemonpool import DaemonPool
 from replicator.pipeline.intake import Intake
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.partitions import reconcile_orphans
@@ -34,6 +34,7 @@ from replicator.pipeline.state import (
     Lane,
     LaneMode,
     ServiceState,
+    Stopping,
     coords,
     log,
 )
@@ -52,7 +53,7 @@ class CatchUps:
         self.kafka_conf = state.settings.kafka_common()
         self.puts = puts
         self.intake = intake
-        self._copier = ThreadPoolExecutor(max_workers=4, thread_name_prefix="copy")
+        self._copier = DaemonPool(4, "copy")  # reads another store: may hang with it
 
     def close(self) -> None:
         self._copier.shutdown(wait=False, cancel_futures=True)
@@ -71,12 +72,16 @@ class CatchUps:
                 continue
             pos = lane.positions.get(tp, state.chunker.open_first)
             try:
-                reconcile_orphans(lane, tp, pos, state.plan)
+                reconcile_orphans(self.state, lane, tp, pos, state.plan)
             except StoreError as exc:
                 if lane.catchup is None:
                     catchup.consumer.close()
                 self.puts.mark_down(lane, str(exc))
                 return
+            except Stopping:
+                if lane.catchup is None:
+                    catchup.consumer.close()
+                raise
             if pos >= state.chunker.open_first:
                 self.puts.join_live(lane, tp, state.chunker.open_first)
                 continue

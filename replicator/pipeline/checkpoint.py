@@ -37,7 +37,11 @@ class Checkpoint:
             try:
                 dlq.flush(timeout=dlq_timeout or (30.0 if force else 10.0))
                 self.state.dlq_dirty = False
+                self.state.dlq_error = ""
+                self.metrics.dead_letter_undelivered.set(0)
             except DeadLetterError as exc:
+                self.state.dlq_error = str(exc)[:300]
+                self.metrics.dead_letter_undelivered.set(dlq.undelivered)
                 log.error(
                     "dead_letter_not_acknowledged",
                     extra=fields(error=str(exc), kept=dlq.undelivered),

@@ -88,6 +88,7 @@ class Intake:
                     cast(int, msg.offset()),
                     msg.timestamp()[1],
                     msg.key(),
+                    msg.headers(),
                 )
             )
         if not taken:
@@ -134,7 +135,7 @@ class Intake:
         current: PartitionState | None = None
         valid = False
         batch = zip(msgs, states, items, verdicts, strict=True)
-        for msg, state, (_topic, value, offset, timestamp_ms, key), verdict in batch:
+        for msg, state, (_topic, value, offset, timestamp_ms, key, _headers), verdict in batch:
             if state is not current:
                 current = state
                 valid = state.ready and parts.get(state.tp) is state
@@ -219,6 +220,7 @@ class Intake:
                     cast(int, msg.offset()),
                     msg.timestamp()[1],
                     msg.key(),
+                    msg.headers(),
                 )
             )
         return judge_items(self.registry, items, self.settings.max_record_bytes)

@@ -24,6 +24,7 @@ from replicator.pipeline.state import (
     Lane,
     LaneMode,
     ServiceState,
+    Stopping,
     log,
 )
 from replicator.stores.base import PutOutcome
@@ -33,6 +34,7 @@ class Lanes:
     """The puts of every lane (the stores' threads run them; this runs on the loop's)."""
 
     def __init__(self, state: ServiceState) -> None:
+        self.state = state
         self.settings = state.settings
         self.registry = state.registry
         self.metrics = state.metrics
@@ -99,7 +101,13 @@ class Lanes:
                 return outcome
             except StoreError as exc:
                 self.metrics.store_errors.labels(lane.name, exc.kind.value).inc()
-                if not exc.retriable or self._abort.is_set() or time.monotonic() + delay > deadline:
+                stop_deadline = self.state.stop_deadline
+                if (
+                    not exc.retriable
+                    or self._abort.is_set()
+                    or time.monotonic() + delay > deadline
+                    or (stop_deadline is not None and time.monotonic() > stop_deadline)
+                ):
                     raise
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
@@ -196,7 +204,9 @@ class Lanes:
 
     def probe_now(self, lane: Lane, initial: bool = False) -> None:
         try:
-            lane.store.health_check()
+            self.state.store_call(lane.store.health_check)
+        except Stopping:
+            return  # stopping before the loop starts: nothing will be written
         except StoreError as exc:
             if initial:
                 log.error(

@@ -9,6 +9,8 @@ store knows waits (`ready` False) until `retry_prepare` finds that store answeri
 
 from __future__ import annotations
 
+import functools
+
 from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator.chunking import CutPlan, PartitionChunker, PlanConflict
@@ -17,14 +19,26 @@ from replicator.keys import object_key, offset_marker, parse_key, partition_pref
 from replicator.logs import fields
 from replicator.model import TP
 from replicator.pipeline.lanes import Lanes
-from replicator.pipeline.state import Lane, LaneMode, PartitionState, ServiceState, log
+from replicator.pipeline.state import (
+    Lane,
+    LaneMode,
+    PartitionState,
+    ServiceState,
+    Stopping,
+    log,
+)
 
 
-def list_cuts(lane: Lane, tp: TP, start: int) -> list[tuple[int, int]]:
+def list_cuts(state: ServiceState, lane: Lane, tp: TP, start: int) -> list[tuple[int, int]]:
+    """The cuts of the lane's objects of `tp` from `start` on. The listing is a store call
+    of the loop's (`ServiceState.store_call`): `Stopping` when a stop is asked for meanwhile."""
     out = []
-    for info in lane.store.list(
-        partition_prefix(*tp), start_after=offset_marker(tp[0], tp[1], start)
-    ):
+    listing = state.store_call(
+        lambda: list(
+            lane.store.list(partition_prefix(*tp), start_after=offset_marker(tp[0], tp[1], start))
+        )
+    )
+    for info in listing:
         key = parse_key(info.key)
         if key is not None and key.topic == tp[0] and key.partition == tp[1] and key.first >= start:
             out.append((key.first, key.last))
@@ -32,6 +46,7 @@ def list_cuts(lane: Lane, tp: TP, start: int) -> list[tuple[int, int]]:
 
 
 def reconcile_orphans(
+    state: ServiceState,
     lane: Lane,
     tp: TP,
     position: int,
@@ -44,7 +59,7 @@ def reconcile_orphans(
     cut differently was never committed by anyone and would double offsets: it is deleted.
     Others join the plan. Returns the cuts of the objects kept."""
     if listed is None:
-        listed = list_cuts(lane, tp, position)
+        listed = list_cuts(state, lane, tp, position)
     kept = []
     for first, last in listed:
         if first < position:
@@ -65,7 +80,7 @@ def reconcile_orphans(
                     key=key,
                 ),
             )
-            lane.store.delete(key)
+            state.store_call(functools.partial(lane.store.delete, key))
         else:
             plan.add(first, last)
             kept.append((first, last))
@@ -126,7 +141,7 @@ class Partitions:
             if lane.mode is not LaneMode.UP:
                 continue
             try:
-                listed[lane.name] = list_cuts(lane, tp, floor)
+                listed[lane.name] = list_cuts(self.state, lane, tp, floor)
             except StoreError as exc:
                 self.puts.mark_down(lane, str(exc))
         for lane in self.lanes:
@@ -158,7 +173,9 @@ class Partitions:
             if lane.name not in listed:
                 continue
             try:
-                kept = reconcile_orphans(lane, tp, pos[lane.name], plan, listed[lane.name])
+                kept = reconcile_orphans(
+                    self.state, lane, tp, pos[lane.name], plan, listed[lane.name]
+                )
             except StoreError as exc:
                 self.puts.mark_down(lane, str(exc))
                 continue
@@ -183,7 +200,7 @@ class Partitions:
         for lane in self.lanes:
             if lane.mode is LaneMode.DOWN and lane.probe is None:
                 try:
-                    lane.store.health_check()
+                    self.state.store_call(lane.store.health_check)
                 except StoreError:
                     continue
                 lane.mode = LaneMode.UP
@@ -200,12 +217,34 @@ class Partitions:
             if lane.mode is LaneMode.UP and state.tp not in lane.live and lane.catchup is None
         ]
 
-    def assign(self, partitions: list[KafkaTP]) -> list[KafkaTP]:
-        """Prepare newly assigned partitions; their start offsets, for the live consumer."""
-        assigned = []
+    def assign(self, partitions: list[KafkaTP]) -> tuple[list[KafkaTP], bool]:
+        """Prepare newly assigned partitions: their start offsets, for the live consumer,
+        and True when all were prepared. A stop asked for while a store is listed ends it
+        early (False): the partitions prepared so far are returned, the others are not taken
+        (nothing was read or written for them)."""
+        log.info(
+            "partitions_assigning",
+            extra=fields(partitions=sorted(f"{k.topic}/{k.partition}" for k in partitions)),
+        )
+        assigned: list[KafkaTP] = []
         for ktp in partitions:
             tp = (ktp.topic, ktp.partition)
-            state = self.prepare(tp)
+            try:
+                state = self.prepare(tp)
+            except Stopping:
+                # Stopping while a store is listed: the partitions not prepared yet are not
+                # taken; the shutdown follows.
+                log.warning(
+                    "assignment_abandoned",
+                    extra=fields(
+                        partitions=sorted(
+                            f"{k.topic}/{k.partition}"
+                            for k in partitions
+                            if (k.topic, k.partition) not in self.parts
+                        )
+                    ),
+                )
+                return assigned, False
             self.parts[tp] = state
             assigned.append(KafkaTP(tp[0], tp[1], state.chunker.position))
             log.info(
@@ -214,7 +253,7 @@ class Partitions:
                     topic=tp[0], partition=tp[1], start=state.chunker.position, ready=state.ready
                 ),
             )
-        return assigned
+        return assigned, True
 
     def forget(self, tps: set[TP]) -> None:
         """Drop revoked partitions from the service's state and from every catch-up."""

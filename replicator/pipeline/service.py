@@ -43,10 +43,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -57,13 +55,14 @@ from replicator import __version__
 from replicator.chunking import ChunkRules
 from replicator.config import Settings
 from replicator.judge.native import extension
-from replicator.kafka.deadletter import DeadLetterWriter
+from replicator.kafka.deadletter import DeadLetterWriter, read_limit
 from replicator.kafka.progress import ProgressLog
 from replicator.logs import fields
 from replicator.model import TP
 from replicator.pipeline.backpressure import HOLD_WAIT_S, BackPressure
 from replicator.pipeline.catchup import CatchUps
 from replicator.pipeline.checkpoint import Checkpoint
+from replicator.pipeline.daemonpool import DaemonPool
 from replicator.pipeline.intake import Intake
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.partitions import Partitions
@@ -73,12 +72,36 @@ from replicator.pipeline.state import (
     LaneMode,
     RunStats,
     ServiceState,
+    Stopping,
 )
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.pipeline")
+
+
+def live_consumer_config(settings: Settings) -> dict[str, Any]:
+    """The live consumer's settings (the group member that owns partitions).
+
+    On SIGTERM the consumer is closed (`Consumer.close()`), which sends LeaveGroup, also
+    while its JoinGroup is still pending: the group rebalances at once instead of waiting
+    for the session to expire. Nothing is ever committed to this group (each store's
+    progress is a group of its own, see kafka/progress.py)."""
+    return {
+        **settings.kafka_common(),
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "queued.max.messages.kbytes": settings.fetch_buffer_kbytes,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        "heartbeat.interval.ms": max(settings.session_timeout_ms // 5, 500),
+        "partition.assignment.strategy": "range",
+        "enable.partition.eof": False,
+        "client.id": f"replicator-{__version__}",
+    }
 
 
 class Replicator:
@@ -98,9 +121,7 @@ class Replicator:
         self.lanes = [
             Lane(
                 store=s,
-                executor=ThreadPoolExecutor(
-                    max_workers=settings.write_concurrency + 1, thread_name_prefix=f"put-{s.name}"
-                ),
+                executor=DaemonPool(settings.write_concurrency + 1, f"put-{s.name}"),
             )
             for s in stores
         ]
@@ -119,7 +140,7 @@ class Replicator:
         self.catchups = CatchUps(self.state, self.puts, self.intake)
         self.checkpoint = Checkpoint(self.state)
         self.pressure = BackPressure(self.state)
-        self._stop = threading.Event()
+        self._stop = self.state.stop
         self._abort = self.state.abort  # second signal: stop retrying puts at once
         self._next_prepare_at = 0.0
         self.last_loop_at = time.monotonic()
@@ -127,7 +148,15 @@ class Replicator:
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
+        if self.state.stop_deadline is None:
+            self.state.stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
         self._stop.set()
+
+    def _deadline(self) -> float:
+        """The shutdown's deadline: shutdown_timeout_s after the stop was asked for."""
+        if self.state.stop_deadline is None:
+            self.state.stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        return self.state.stop_deadline
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -139,7 +168,7 @@ class Replicator:
 
                 os._exit(128 + signum)
             log.info("stopping", extra=fields(signal=signum))
-            self._stop.set()
+            self.stop()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -165,44 +194,57 @@ class Replicator:
             lane.progress = ProgressLog(self.kafka_conf, s.progress_group(lane.name))
             self.metrics.store_up.labels(lane.name).set(0)
             self.puts.probe_now(lane, initial=True)
-        self.state.dlq = DeadLetterWriter(self.kafka_conf, s.dead_letter_topic)
-        self.intake.start()
-        consumer = Consumer(
-            {
-                **self.kafka_conf,
-                "group.id": s.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": s.session_timeout_ms,
-                "queued.max.messages.kbytes": s.fetch_buffer_kbytes,
-                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-                "heartbeat.interval.ms": max(s.session_timeout_ms // 5, 500),
-                "partition.assignment.strategy": "range",
-                "enable.partition.eof": False,
-                "client.id": f"replicator-{__version__}",
-                "error_cb": self._kafka_error,
-            }
+        # The dead-letter producer takes what the dead-letter topic takes; a dead letter
+        # over it goes without its value (replicator/kafka/deadletter.py, docs/guarantees.md).
+        limit = read_limit(self.kafka_conf, s.dead_letter_topic)
+        self.metrics.dead_letter_max_bytes.set(limit.max_message_bytes)
+        self.state.dlq = DeadLetterWriter(
+            self.kafka_conf,
+            s.dead_letter_topic,
+            max_message_bytes=limit.max_message_bytes,
+            on_dropped=self._dead_letter_value_dropped,
         )
+        self.intake.start()
+        consumer = Consumer({**live_consumer_config(s), "error_cb": self._kafka_error})
         self.state.consumer = consumer
         consumer.subscribe(
             s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
+        log.info("joining_group", extra=fields(group=s.group_id))
         try:
             while not self._stop.is_set():
                 self._turn(consumer)
                 if until is not None and until(self):
                     break
+        except Stopping:
+            pass  # a store call was abandoned for the stop: the shutdown follows
         finally:
             self._shutdown(consumer)
         return self.stats
 
     def _shutdown(self, consumer: Consumer) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        log.info("draining", extra=fields(timeout_s=self.settings.shutdown_timeout_s))
+        """Finish the puts under way until the deadline (shutdown_timeout_s after the stop
+        was asked for), commit what the stores hold, leave the group. A put still running
+        then is abandoned, uncommitted: its thread is a daemon and the process exits without
+        it (the next owner of the partition finds its object, if it lands, as uncommitted)."""
+        deadline = self._deadline()
+        log.info(
+            "draining",
+            extra=fields(
+                timeout_s=self.settings.shutdown_timeout_s,
+                remaining_s=round(max(deadline - time.monotonic(), 0.0), 3),
+            ),
+        )
         self.intake.drop_judged()  # not committed: whoever owns the partitions next reads them again
         for lane in self.lanes:
             self.puts.drain(lane, None, deadline)
+        abandoned = {
+            lane.name: n
+            for lane in self.lanes
+            if (n := sum(len(q) for q in lane.inflight.values()))
+        }
+        if abandoned:
+            log.warning("puts_abandoned", extra=fields(stores=abandoned))
         # What is left of the shutdown budget, at least a second: a dead-letter topic that
         # does not answer must not hold the exit past it.
         self.checkpoint.commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
@@ -223,6 +265,7 @@ class Replicator:
         self.intake.close()
         self.puts.close()
         self.catchups.close()
+        self.state.calls.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
     # ------------------------------------------------------------------ the loop
@@ -276,8 +319,10 @@ class Replicator:
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
         self.intake.drop_judged()
         self.broker_up = True
-        assigned = self.partitions.assign(partitions)
+        assigned, complete = self.partitions.assign(partitions)
         consumer.assign(assigned)
+        if not complete:
+            return  # a stop was asked for while a store was listed: the shutdown follows
         for lane in self.lanes:
             if lane.mode is LaneMode.UP and lane.catchup is None:
                 self.catchups.start(lane)
@@ -286,12 +331,18 @@ class Replicator:
         self.intake.drop_judged()
         tps = {(k.topic, k.partition) for k in partitions}
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        if self.state.stop_deadline is not None:  # a revoke of the shutdown's: its own bound
+            deadline = min(deadline, self.state.stop_deadline)
         for lane in self.lanes:
             if self.puts.drain(lane, tps, deadline):
                 self.catchups.start(lane)
         self.checkpoint.commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
         self.partitions.forget(tps)
         log.info("partitions_revoked", extra=fields(partitions=sorted(f"{t}/{p}" for t, p in tps)))
+
+    def _dead_letter_value_dropped(self, topic: str, reason: str) -> None:
+        self.metrics.dead_letter_values_dropped.labels(topic, reason).inc()
+        self.stats.values_dropped += 1
 
     def _kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -303,9 +354,21 @@ class Replicator:
 
     # ------------------------------------------------------------------ introspection
     def readiness(self) -> dict[str, Any]:
+        dlq = self.state.dlq
+        undelivered = dlq.undelivered if dlq is not None else 0
+        error = self.state.dlq_error
         return {
             "broker": self.broker_up,
             "stores": {lane.name: lane.mode is LaneMode.UP for lane in self.lanes},
+            # A detail, not a condition of readiness: a dead-letter topic that does not
+            # acknowledge holds the commits of every partition (nothing is lost), another
+            # replica would not do better, and the alert says it
+            # (ReplicatorDeadLetterUndelivered).
+            "dead_letter": {
+                "delivering": not error,
+                "undelivered": undelivered,
+                **({"error": error} if error else {}),
+            },
         }
 
     def lane(self, name: str) -> Lane:

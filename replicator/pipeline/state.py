@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
 
 from confluent_kafka import Consumer, Message
 
@@ -21,6 +23,7 @@ from replicator.container import EncodedChunk
 from replicator.kafka.deadletter import DeadLetterWriter
 from replicator.kafka.progress import ProgressLog
 from replicator.model import TP
+from replicator.pipeline.daemonpool import DaemonPool
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import PutOutcome, Store
 from replicator.telemetry.metrics import Metrics
@@ -32,6 +35,16 @@ log = logging.getLogger("replicator.pipeline")  # every part logs under the serv
 # than that then waits for records with nothing to do (measured: about 0.7 s of every second
 # idle, docs/performance.md). 20 ms keeps the queue fed at the cost of a few more wake-ups.
 FETCH_QUEUE_BACKOFF_MS = 20
+# How often the loop, waiting for a store call of its own (a listing, a probe), looks whether
+# a stop was asked for: a store that never answers must not hold a SIGTERM.
+STOP_POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+class Stopping(Exception):
+    """A stop was asked for while the loop waited for a store: what it waited for is
+    abandoned (nothing depends on it but work that will not happen)."""
 
 
 class CopyFailed(Exception):
@@ -95,7 +108,7 @@ class Lane:
     """One store: its client, its pool of puts, its position per partition."""
 
     store: Store
-    executor: ThreadPoolExecutor
+    executor: DaemonPool
     mode: LaneMode = LaneMode.UP
     positions: dict[TP, int] = field(default_factory=dict)  # durable: next offset to write
     committed: dict[TP, int] = field(default_factory=dict)  # last value committed to Kafka
@@ -130,6 +143,7 @@ class RunStats:
 
     records_in: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
+    values_dropped: int = 0  # dead letters sent without their value (too large, refused)
     objects: dict[str, dict[str, int]] = field(default_factory=dict)
     records_out: dict[str, int] = field(default_factory=dict)
 
@@ -138,7 +152,7 @@ class RunStats:
 class ServiceState:
     """What every part of the loop reads: the settings, the lanes and the partitions.
     The containers are shared (a part changes them in place); `dlq`, `dlq_dirty` and
-    `consumer` are set once the run starts."""
+    `consumer` are set once the run starts, `stop_deadline` once a stop is asked for."""
 
     settings: Settings
     registry: SchemaRegistry
@@ -147,14 +161,34 @@ class ServiceState:
     lanes: list[Lane]
     parts: dict[TP, PartitionState] = field(default_factory=dict)
     stats: RunStats = field(default_factory=RunStats)
+    stop: threading.Event = field(default_factory=threading.Event)  # a stop was asked for
+    # When the stop was asked for, plus shutdown_timeout_s: every wait of the shutdown (the
+    # drain, a revoke's drain, the final commit, a put's retries) ends by then.
+    stop_deadline: float | None = None
     abort: threading.Event = field(default_factory=threading.Event)  # stop retrying puts
     dlq: DeadLetterWriter | None = None
     dlq_dirty: bool = False  # dead letters sent since the last flush
+    dlq_error: str = ""  # why the last flush of the dead-letter producer failed
     consumer: Consumer | None = None
     max_lane_bytes: int = field(init=False)  # each lane's share of max_buffer_bytes
+    # The loop's own store calls (listings, deletes, probes), waited for by `store_call`.
+    calls: DaemonPool = field(init=False)
 
     def __post_init__(self) -> None:
         self.max_lane_bytes = self.settings.max_buffer_bytes // max(len(self.lanes), 1)
+        self.calls = DaemonPool(2 * max(len(self.lanes), 1), "store-call")
+
+    def store_call(self, fn: Callable[[], T]) -> T:
+        """Call a store from the loop's thread, but give up at once when a stop is asked
+        for (raising `Stopping`): the call goes on, abandoned, on a daemon thread."""
+        future = self.calls.submit(fn)
+        while True:
+            done, _pending = wait([future], timeout=STOP_POLL_S)
+            if done:
+                return future.result()
+            if self.stop.is_set():
+                future.cancel()
+                raise Stopping
 
     def lane(self, name: str) -> Lane:
         return next(ln for ln in self.lanes if ln.name == name)

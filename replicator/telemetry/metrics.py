@@ -29,11 +29,14 @@ from prometheus_client import (
 from replicator import __version__
 from replicator.errors import StoreErrorKind
 from replicator.judge.rules import VIOLATION_REASONS
+from replicator.kafka.deadletter import REASON_OVERSIZED, REASON_REFUSED
 from replicator.schemas import DECODE_REASONS
 
 # Label values, each from a small fixed set.
 OUTCOMES: tuple[str, ...] = ("created", "already_present", "conflict")
 DEAD_LETTER_REASONS: tuple[str, ...] = (*DECODE_REASONS, *VIOLATION_REASONS)
+# The reason a dead letter sent without its value carries (replicator/kafka/deadletter.py).
+DROPPED_VALUE_REASONS: tuple[str, ...] = (REASON_OVERSIZED, REASON_REFUSED)
 ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in StoreErrorKind)
 
 # No `<counter>_created` series: they double the output and no query here uses them.
@@ -69,6 +72,27 @@ class Metrics:
             "replicator_dead_letter_records_total",
             "Records sent to the dead-letter topic, per origin topic and reason",
             ["topic", "reason"],
+            registry=r,
+        )
+        self.dead_letter_values_dropped = Counter(
+            "replicator_dead_letter_values_dropped_total",
+            "Dead letters sent without their value (with its size and SHA-256) because the "
+            "dead-letter topic does not take them as they are, per origin topic and the "
+            "reason they carry (oversized: over the topic's limit; refused: refused for good)",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.dead_letter_undelivered = Gauge(
+            "replicator_dead_letter_undelivered_records",
+            "Dead letters not acknowledged by the dead-letter topic at the last commit; while "
+            "above 0 no store's progress is committed (nothing is lost, the partitions wait)",
+            registry=r,
+        )
+        self.dead_letter_max_bytes = Gauge(
+            "replicator_dead_letter_max_message_bytes",
+            "The dead-letter topic's limit the service applies (its max.message.bytes, else "
+            "the broker's message.max.bytes, else 1000000); larger dead letters go without "
+            "their value",
             registry=r,
         )
         self.store_errors = Counter(
@@ -167,3 +191,5 @@ class Metrics:
         for topic in topics:
             for reason in DEAD_LETTER_REASONS:
                 self.dead_letters.labels(topic, reason)
+            for reason in DROPPED_VALUE_REASONS:
+                self.dead_letter_values_dropped.labels(topic, reason)

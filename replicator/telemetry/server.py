@@ -4,7 +4,10 @@
 - /healthz (liveness): 200 while the service loop turns (a turn in the last minute) and the
   lag monitor's thread runs; 503 otherwise, and Kubernetes restarts the pod;
 - /readyz (readiness): 200 when the broker answers and at least one store accepts writes;
-  503 otherwise. The JSON body says which: {"ready": .., "broker": .., "stores": {name: ..}}.
+  503 otherwise. The JSON body says which: {"ready": .., "broker": .., "stores": {name: ..},
+  "dead_letter": {"delivering": .., "undelivered": ..}}; the dead-letter detail does not
+  change readiness (a dead-letter topic that does not acknowledge holds every commit, and
+  alerts: ReplicatorDeadLetterUndelivered).
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ def readiness(service: ServiceStatus, lag: LagMonitor | None = None) -> tuple[bo
         for name, up in status["stores"].items()
     }
     ready = broker and any(stores.values())
-    return ready, {"ready": ready, "broker": broker, "stores": stores}
+    body: dict[str, Any] = {"ready": ready, "broker": broker, "stores": stores}
+    if "dead_letter" in status:
+        body["dead_letter"] = status["dead_letter"]
+    return ready, body
 
 
 def start_http(

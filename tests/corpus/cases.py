@@ -63,6 +63,34 @@ def spaced(n: str) -> str:
 
 VALID_NIRS += [spaced(VALID_NIRS[0]), spaced(VALID_NIRS[1]), VALID_NIRS[2].replace(" ", " ")]
 
+
+def spelled(n: str, separator: str) -> str:
+    return spaced(n).replace(" ", separator)
+
+
+# The spellings people and forms use (P10): other separators, several, mixed, the 13
+# characters then the key, glued to letters.
+_N = VALID_NIRS[0]
+VALID_NIRS += [
+    spelled(_N, "."),
+    spelled(_N, "-"),
+    spelled(VALID_NIRS[1], "/"),
+    spelled(VALID_NIRS[2], "_"),
+    spelled(VALID_NIRS[3], "\t"),
+    spelled(_N, "  "),
+    spelled(_N, " - "),
+    spelled(VALID_NIRS[4], "\u2009"),
+    spelled(VALID_NIRS[5], "\u202f"),
+    spelled(VALID_NIRS[6], "\n"),
+    f"{_N[:13]} {_N[13:]}",
+    f"{_N[:13]}-{_N[13:]}",
+    "NIR" + _N,
+    "x" + VALID_NIRS[1] + "y",
+    "a" + _N,  # glued to hex letters, in a run far too short for a hash
+    _N + "f",
+    "7f" + _N + "e",
+]
+
 # Shapes close to a NIR that are not one: they must pass (no false positive).
 _good = VALID_NIRS[0]
 _corsica = VALID_NIRS[1]
@@ -70,15 +98,16 @@ NEAR_MISSES: list[str] = [
     _good[:13] + f"{(int(_good[13:]) % 97) + 1:02d}",  # wrong key
     _corsica[:13] + f"{(int(_corsica[13:]) + 1) % 100:02d}",  # Corsican, wrong key
     _good[:13],  # 13 characters, no key
-    "a" + _good,  # inside a longer token (a pseudonym)
-    _good + "f",
-    "7f" + _good + "00e1",
+    "7f" + _good + "00e1",  # glued to a digit
+    "0123456789abcdef" + _good + "0123456789abcdef",  # inside a hash (hex run of 47)
+    "3fa85f64-5717-4562-b" + _good[:3] + "-" + _good[3:],  # across a UUID's last hyphen
     _good + "1",  # 16 digits: a longer number
     "1" + _good,
     nir("1", "85", "13", "78", "006", "084"),  # month 13 (refused by the layout)
     nir("5", "85", "05", "78", "006", "084"),  # sex 5
     _good[:5] + "2C" + _good[7:],  # department 2C does not exist
-    f"{_good[0]}  {_good[1:3]} {_good[3:]}",  # two spaces between groups
+    " ".join(_good),  # a separator inside every group
+    f"{_good[:2]} {_good[2:]}",  # a separator inside the birth year
 ]
 
 
@@ -236,6 +265,21 @@ def _cases(max_record_bytes: int) -> Iterator[Case]:
         yield Case(
             f"NIR form {i} in free text", REIMB, _wire(reimb, dict(rec, care_setting=text)), direct
         )
+    # --- a valid NIR in the message key or a header (stored with every record / scanned)
+    for i, value in enumerate(VALID_NIRS):
+        yield Case(f"NIR form {i} in the key", REIMB, good, direct, key=value.encode())
+    yield Case("NIR in a header value", REIMB, good, direct, headers=[("id", _N.encode())])
+    yield Case(
+        "NIR, spaced with no-break spaces, in a UTF-8 header value",
+        REIMB,
+        good,
+        direct,
+        headers=[("a", b"1"), ("ref", spelled(_N, "\u00a0").encode())],
+    )
+    yield Case("NIR in a header name", REIMB, good, direct, headers=[(f"nir-{_N}", b"")])
+    yield Case(
+        "NIR in the key, Latin-1", REIMB, good, direct, key=spelled(_N, "\xa0").encode("latin-1")
+    )
     # --- near-misses: must pass ----------------------------------------------------------
     for i, value in enumerate(NEAR_MISSES):
         yield Case(
@@ -261,6 +305,15 @@ def _cases(max_record_bytes: int) -> Iterator[Case]:
         "good value, null key and null header", REIMB, good, None, key=None, headers=[("n", None)]
     )
     yield Case("good value, 8 KiB header", REIMB, good, None, headers=[("big", b"h" * 8192)])
+    for i, value in enumerate(NEAR_MISSES):
+        yield Case(f"near-miss {i} in the key", REIMB, good, None, key=value.encode())
+    yield Case(
+        "good value, traceparent header",
+        REIMB,
+        good,
+        None,
+        headers=[("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-ab18505780060849-91")],
+    )
 
 
 def _replace_after_first_string(value: bytes, byte: bytes) -> bytes:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,15 @@ def ops(settings: Settings) -> Iterator[OpsContext]:
         ctx.close()
 
 
-def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    settings: Settings,
+    *args: str,
+    timeout: float = 120,
+    extra_env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
     env.update(settings_env(settings))
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", "replicator", *args],
         env=env,

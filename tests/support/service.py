@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from replicator.config import Settings
+from replicator.devtools.stack import LocalStack
 from replicator.model import TP
 
 
@@ -140,3 +143,17 @@ def wait_committed(
     finally:
         for r in readers:
             r.close()
+
+
+@contextlib.contextmanager
+def frozen(stack: LocalStack, server: str) -> Iterator[None]:
+    """A stack server stopped with SIGSTOP (its whole process group) for the block: its port
+    still accepts connections (the kernel completes them) and nothing ever answers. SIGCONT
+    at the end, whatever happens, so the session's stack stays usable."""
+    pid = stack.pid(server)
+    assert pid is not None, f"{server} is not running"
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pid, signal.SIGCONT)

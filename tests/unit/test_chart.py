@@ -472,6 +472,8 @@ def test_the_pod_environment_is_a_valid_configuration(
             value = f"value-of-{item['key']}"
             if item["path"] == "REPLICATOR_S3_SSE_CUSTOMER_KEY":  # must be base64 of 32 bytes
                 value = base64.b64encode(value.encode().ljust(32, b"-")).decode()
+            if item["path"] == "REPLICATOR_AZURE_CONNECTION_STRING":  # must be well formed
+                value = f"AccountName=acct;AccountKey={base64.b64encode(value.encode()).decode()}"
             (tmp_path / item["path"]).write_text(value + "\n")
     clean_env.setenv("REPLICATOR_SECRETS_DIR", str(tmp_path))
     for key in ("REPLICATOR_KAFKA_SSL_CA_LOCATION",):

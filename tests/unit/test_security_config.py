@@ -23,7 +23,7 @@ def _base(**extra: object) -> dict[str, object]:
         "kafka_bootstrap": "broker:9093",
         "stores": ["s3"],
         "s3_endpoint": "https://s3.fr-par.scw.cloud",
-        "s3_bucket": "b",
+        "s3_bucket": "bucket",
         "s3_access_key": "AKEXAMPLE-access",
         "s3_secret_key": SECRET + "-s3",
         **extra,
@@ -69,7 +69,11 @@ def test_secrets_from_mounted_files_and_masked_everywhere_printed(
     (secrets / "REPLICATOR_S3_SECRET_KEY").write_text(SECRET + "-file")
     (secrets / "REPLICATOR_KAFKA_SASL_PASSWORD").write_text(SECRET + "-sasl")
     monkeypatch.setenv("REPLICATOR_SECRETS_DIR", str(secrets))
-    base = _base(kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="u")
+    base = _base(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="u",
+    )
     del base["s3_secret_key"]
     settings = load_settings(**base)
     assert settings.s3_secret_key is not None

@@ -166,6 +166,7 @@ def test_a_store_down_stops_neither_the_other_nor_the_service(
         write_retry_s=2.0,
         chunk_max_records=300,
         max_buffer_bytes=2 * 1024 * 1024,
+        chunk_max_bytes=1024 * 1024,  # the buffer must hold one chunk per store
     )
     env = stack.env()
     service = Service(settings, tmp_path).start()

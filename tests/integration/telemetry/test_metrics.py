@@ -304,7 +304,12 @@ def test_lag_metrics_alerts_and_dashboard_against_a_real_prometheus(
             ready = wait_for(lambda: http_get(f"{base}/readyz").status == 200, 60, "readyz 200")
             assert ready
             body = http_get(f"{base}/readyz").json()
-            assert body == {"ready": True, "broker": True, "stores": {"s3": True, "azure": True}}
+            assert body == {
+                "ready": True,
+                "broker": True,
+                "stores": {"s3": True, "azure": True},
+                "dead_letter": {"delivering": True, "undelivered": 0},
+            }
             health = http_get(f"{base}/healthz")
             assert health.status == 200 and health.json()["alive"] is True, health
             wait_for(
@@ -517,6 +522,7 @@ def test_readyz_is_503_and_lag_still_exported_when_no_store_answers(
             "ready": False,
             "broker": True,
             "stores": {"s3": False, "azure": False},
+            "dead_letter": {"delivering": True, "undelivered": 0},
         }
         health = http_get(f"{base}/healthz")
         assert health.status == 200 and health.json()["alive"] is True, health

@@ -92,7 +92,7 @@ def test_secret_files_are_named_like_their_env_vars(
     monkeypatch.setenv("REPLICATOR_KAFKA_BOOTSTRAP", "kafka:9092")
     monkeypatch.setenv("REPLICATOR_STORES", "s3")
     monkeypatch.setenv("REPLICATOR_S3_ENDPOINT", "https://s3.fr-par.scw.cloud")
-    monkeypatch.setenv("REPLICATOR_S3_BUCKET", "b")
+    monkeypatch.setenv("REPLICATOR_S3_BUCKET", "bucket")
     settings = load_settings()
     assert settings.s3_access_key is not None and settings.s3_secret_key is not None
     assert settings.s3_access_key.get_secret_value() == "ak"

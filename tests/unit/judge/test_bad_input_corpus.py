@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from replicator.judge.rules import check_record
+from replicator.judge.batch import judge
+from replicator.judge.rules import check_record, find_identifier_in_message
 from replicator.schemas import DecodeError, decode_wire
 from tests.corpus.cases import REGISTRY, VALID_NIRS, Case, cases, nir_key
 
@@ -15,12 +16,18 @@ CASES = cases(MAX_BYTES)
 
 
 def reason_of(case: Case) -> str | None:
+    found = find_identifier_in_message(case.key, case.headers)
+    if found is not None:
+        return found.reason
     try:
         decoded = decode_wire(REGISTRY, case.topic, case.value, max_bytes=MAX_BYTES)
     except DecodeError as exc:
         return exc.reason
     violation = check_record(case.topic, decoded.record)
-    return None if violation is None else violation.reason
+    reason = None if violation is None else violation.reason
+    verdict = judge(REGISTRY, case.topic, case.value, MAX_BYTES, case.key, case.headers)
+    assert verdict[1] == (reason or "")  # the service's judge gives the same reason
+    return reason
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

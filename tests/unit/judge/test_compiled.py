@@ -56,6 +56,7 @@ from replicator.schemas import (
     SchemaRegistry,
     _without_logical_types,
 )
+from tests.support.nirs import nir_in_text
 
 REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 SCHEMAS = [REGISTRY.get(schema_id) for schema_id in REGISTRY.ids()]
@@ -365,6 +366,7 @@ def test_pseudonym_check_is_the_reference_regex(text: str, fit: bool) -> None:
 _NIRS = [random_nir(random.Random(seed)) for seed in range(20)]
 _SHAPED_TEXT = st.one_of(
     st.text(max_size=30),
+    nir_in_text().map(lambda case: case[0]),
     st.sampled_from(
         [
             *_NIRS,
@@ -805,9 +807,25 @@ def test_a_name_used_twice_always_goes_to_the_reference() -> None:
         _same(schema, record)
 
 
+@FUZZ
+@given(data=st.data(), schema=st.sampled_from(SCHEMAS), case=nir_in_text())
+def test_a_nir_in_any_spelling_in_any_string_field_is_refused_alike(
+    data: st.DataObject, schema: RegisteredSchema, case: tuple[str, str, int]
+) -> None:
+    """P10: a valid NIR in a random spelling at a random place of a random string, in any
+    string field of a decoded record: the compiled checker and the specification both
+    refuse it as a direct identifier."""
+    record = _good(schema)
+    fields = [name for name, value in record.items() if isinstance(value, str)]
+    field = data.draw(st.sampled_from(fields))
+    verdict = _same(schema, {**record, field: case[0]})
+    assert verdict is not None and verdict.reason == "direct_identifier"
+    assert verdict.field == field
+
+
 # --- a tripwire: the fast path mirrors the rules as they are written today -------------------
 
-_REFERENCE_FINGERPRINT = "84145a01ef3c8324ebdf4eb6f1acad727634fee35f898e0a2abe4a8db2c91af2"
+_REFERENCE_FINGERPRINT = "19b5d9f18cdb70c93576ee7dbcd036f59992c0ebaf71a51c8e44f988b4f4f89d"
 
 
 def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
@@ -822,6 +840,11 @@ def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
         validation._scan_value,
         validation._find_nir_fast,
         validation.find_nir,
+        validation.find_nir_in_bytes,
+        validation.find_identifier_in_message,
+        validation._exempt,
+        validation._run,
+        validation.nir_key_is_valid,
         validation.find_invalid_value,
         validation._days,
         validation._millis,
@@ -832,7 +855,8 @@ def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
     )
     patterns = (
         validation._NIR_RE,
-        validation._ALNUM_ASCII,
+        validation._HEX_RUN_RE,
+        validation._HEX_ID_RE,
         validation._UUID_RE,
         validation._LOWER_HEX,
         validation._DEPARTMENT_RE,
@@ -842,6 +866,8 @@ def test_the_reference_rules_are_those_the_fast_path_mirrors() -> None:
     )
     constants = (
         validation._NIR_MIN_LENGTH,
+        validation._HASH_MIN_LENGTH,
+        sorted(validation.SEPARATOR_CHARS),
         validation._HEX_FIELDS,
         validation._DATE_FIELDS,
         validation._AMOUNT_SUFFIX,

@@ -35,6 +35,7 @@ from replicator.judge.rules import (
 )
 from replicator.model import RawRecord
 from replicator.schemas import HEADER_SIZE, RegisteredSchema, encode_wire
+from tests.support.nirs import nir_in_text
 from tests.unit.judge.test_compiled import (
     FUZZ,
     HAND_MADE,
@@ -66,12 +67,14 @@ def _agree(items: list[Item], programs: dict[int, object] | None = None) -> int:
     verdicts = _module().accept(programs or PROGRAMS, items, MAX_BYTES)
     assert len(verdicts) == len(items)
     accepted = 0
-    for (topic, value, _offset, _timestamp_ms, _key), verdict in zip(items, verdicts, strict=True):
+    for (topic, value, _offset, _timestamp_ms, key, headers), verdict in zip(
+        items, verdicts, strict=True
+    ):
         if verdict is None:
             continue
         assert value is not None
         if programs is None:
-            assert judge(REGISTRY, topic, value, MAX_BYTES) == verdict
+            assert judge(REGISTRY, topic, value, MAX_BYTES, key, headers) == verdict
         assert verdict[1:] == (GOOD, GOOD)
         accepted += 1
     return accepted
@@ -79,7 +82,7 @@ def _agree(items: list[Item], programs: dict[int, object] | None = None) -> int:
 
 def _item(schema: RegisteredSchema, value: bytes, index: int = 0) -> Item:
     key = None if index % 3 == 0 else f"k{index}".encode()
-    return (schema.topic, value, 10**index % (1 << 40), 1_700_000_000_000 + index, key)
+    return (schema.topic, value, 10**index % (1 << 40), 1_700_000_000_000 + index, key, None)
 
 
 def _wire(schema: RegisteredSchema, record: dict[str, Any]) -> bytes | None:
@@ -107,7 +110,7 @@ def test_every_good_synthetic_record_is_accepted() -> None:
         # offsets and timestamps of every varint length, including "no timestamp" (-1)
         offset = ((index * 7919) << (index % 40)) % (1 << 63)  # Kafka offsets are int64
         timestamp = -1 if index % 97 == 0 else 1_700_000_000_000 + index
-        items.append((topic, value, offset, timestamp, key if index % 4 else None))
+        items.append((topic, value, offset, timestamp, key if index % 4 else None, None))
     assert _agree(items) == len(items)
 
 
@@ -118,7 +121,7 @@ def test_bad_synthetic_records_are_left_to_python(kind: BadKind) -> None:
     for index in range(300):
         topic = REGISTRY.topics()[index % 2]
         key, value = source.bad_message(kind, topic)
-        items.append((topic, value, index, 1_700_000_000_000, key))
+        items.append((topic, value, index, 1_700_000_000_000, key, None))
     assert _agree(items) == 0
 
 
@@ -133,7 +136,7 @@ def test_judge_items_gives_the_same_verdicts_with_and_without_the_extension(
             key, value = source.bad_message(BAD_KINDS[index // 5 % len(BAD_KINDS)], topic)
         else:
             key, value, _schema = source.next_wire(topic)
-        items.append((topic, value, index, 1_700_000_000_000 + index, key))
+        items.append((topic, value, index, 1_700_000_000_000 + index, key, None))
     with_extension = judge_items(REGISTRY, items, MAX_BYTES)
     monkeypatch.setattr("replicator.judge.batch.extension", lambda: None)
     monkeypatch.setattr("replicator.judge.batch._programs", lambda registry: None)
@@ -346,8 +349,13 @@ def test_unusual_encodings_and_values_are_left_to_python() -> None:
         good[: len(head) - 2] + b"\xc3\xa9" + good[len(head) :],  # a non-ASCII character
     ]
     # strings that may hold a NIR token, where the Python path decides
-    for text in (NIR, f"x {NIR}", f"-{NIR}-", "1 85 05 78 006 084 91", "a" + " " * 20):
+    for text in (NIR, f"x {NIR}", f"-{NIR}-", "1 85 05 78 006 084 91", f"x{NIR}y"):
         cases.append(_header(schema) + _body(schema, {**record, "care_setting": text}))
+    # the extension's NIR scan is exact on ASCII: text without a NIR is accepted there
+    spread = " ".join(NIR)  # a separator inside a group: not a spelling of a NIR
+    for text in ("a" + " " * 20, f"9{NIR}", f"{NIR}9", "0" * 40, spread):
+        value = _header(schema) + _body(schema, {**record, "care_setting": text})
+        assert _agree([_item(schema, value)]) == 1, text
     # ends with is_correction (a boolean byte), then care_setting's union index 0 (null)
     no_setting = _header(schema) + _body(schema, {**record, "care_setting": None})
     assert _agree([_item(schema, no_setting)]) == 1
@@ -409,3 +417,36 @@ def test_envelopes_refuse_what_encode_record_cannot_take() -> None:
         _module().envelopes([record._replace(body="x")], [0])  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         _module().envelopes([record._replace(offset=1 << 64)], [0])
+
+
+_KEY_TEXT = st.one_of(
+    nir_in_text().map(lambda case: case[0]),
+    st.text(alphabet="0123456789 2ABabcdef_-./\t\n:xg\u00a0", max_size=60),
+    st.sampled_from([f"{i:064x}" for i in (0, 1 << 200, 7**90)] + [NIR, f"k-{NIR}"]),
+)
+
+
+@FUZZ
+@given(key=_KEY_TEXT, header=_KEY_TEXT, name=_KEY_TEXT, place=st.integers(0, 2))
+def test_key_and_headers_are_judged_alike(key: str, header: str, name: str, place: int) -> None:
+    """The extension's scan of the key and the headers (names and values) is the
+    specification's: it accepts a message only where `judge` finds no NIR in them."""
+    schema = REGISTRY.get(3)
+    value = _header(schema) + _body(schema, _good(schema))
+    headers: list[tuple[str, str | bytes | None]] = [("h", b"1"), ("x", None)]
+    headers.insert(place, (name, header.encode()))
+    items: list[Item] = [
+        (schema.topic, value, 1, 1_700_000_000_000, key.encode(), None),
+        (schema.topic, value, 2, 1_700_000_000_000, b"k", headers),
+        (schema.topic, value, 3, 1_700_000_000_000, None, [(name, None)]),
+    ]
+    verdicts = _module().accept(PROGRAMS, items, MAX_BYTES)
+    for item, verdict in zip(items, verdicts, strict=True):
+        expected = judge(REGISTRY, item[0], item[1], MAX_BYTES, item[4], item[5])
+        if verdict is not None:
+            assert verdict == expected
+        elif all(
+            part.isascii() for part in (key, header, name)
+        ):  # the scan is exact on ASCII: "not sure" only for a NIR
+            assert expected[1] == "direct_identifier"
+    _agree(items, None)

@@ -4,7 +4,6 @@ commits each store only what it holds."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import pytest
@@ -18,6 +17,7 @@ from replicator.kafka.progress import ProgressLog
 from replicator.model import TP
 from replicator.pipeline.backpressure import HOLD_BEFORE_PAUSE_S, BackPressure
 from replicator.pipeline.checkpoint import Checkpoint
+from replicator.pipeline.daemonpool import DaemonPool
 from replicator.pipeline.state import Lane, LaneMode, PartitionState, ServiceState
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
@@ -65,7 +65,7 @@ def state(lanes: int = 2, max_buffer_bytes: int = 8 * MIB) -> ServiceState:
         s3_bucket="bucket",
         s3_access_key=SecretStr("a"),
         s3_secret_key=SecretStr("b"),
-        azure_connection_string=SecretStr("AccountKey=c"),
+        azure_connection_string=SecretStr("AccountName=a;AccountKey=Yw=="),
         azure_container="container",
         max_buffer_bytes=max_buffer_bytes,
     )
@@ -76,7 +76,7 @@ def state(lanes: int = 2, max_buffer_bytes: int = 8 * MIB) -> ServiceState:
         metrics=Metrics(stores=["s3", "azure"][:lanes], topics=["t"]),
         rules=rules,
         lanes=[
-            Lane(store=cast(Store, NamedStore(name)), executor=cast(ThreadPoolExecutor, None))
+            Lane(store=cast(Store, NamedStore(name)), executor=cast(DaemonPool, None))
             for name in ["s3", "azure"][:lanes]
         ],
     )

@@ -18,7 +18,7 @@ def _base(**extra: object) -> dict[str, object]:
         "kafka_bootstrap": "broker:9093",
         "stores": ["s3"],
         "s3_endpoint": "https://s3.fr-par.scw.cloud",
-        "s3_bucket": "b",
+        "s3_bucket": "bucket",
         "s3_access_key": "AKEXAMPLE",
         "s3_secret_key": "secret",
         **extra,

@@ -39,7 +39,9 @@ def settings(**overrides: Any) -> Settings:
         "s3_bucket": "bucket",
         "s3_access_key": SecretStr("access"),
         "s3_secret_key": SecretStr(SECRET),
-        "azure_connection_string": SecretStr(f"AccountKey={SECRET}"),
+        "azure_connection_string": SecretStr(
+            f"BlobEndpoint=http://127.0.0.1:9/acct;SharedAccessSignature=sig={SECRET}"
+        ),
         "azure_container": "container",
     }
     values.update(overrides)
@@ -192,11 +194,12 @@ class FakeService:
         self.metrics = Metrics(stores=list(stores))
         self.last_loop_at = time.monotonic()
         self.stores = stores
+        self.dead_letter: dict[str, Any] = {"delivering": True, "undelivered": 0}
         for name, up in stores.items():
             self.metrics.store_up.labels(name).set(1 if up else 0)
 
     def readiness(self) -> dict[str, Any]:
-        return {"broker": True, "stores": dict(self.stores)}
+        return {"broker": True, "stores": dict(self.stores), "dead_letter": self.dead_letter}
 
 
 class FakeLag:
@@ -227,7 +230,12 @@ def test_probes_answer_for_kubernetes() -> None:
             "ready": True,
             "broker": True,
             "stores": {"s3": True, "azure": False},
+            "dead_letter": {"delivering": True, "undelivered": 0},
         }
+        # A dead-letter topic that does not acknowledge is a detail, not unreadiness.
+        service.dead_letter = {"delivering": False, "undelivered": 3, "error": "e"}
+        status, body = get(f"{base}/readyz")
+        assert status == 200 and json.loads(body)["dead_letter"] == service.dead_letter
         service.stores["s3"] = False  # no store answers
         service.metrics.store_up.labels("s3").set(0)
         status, body = get(f"{base}/readyz")
