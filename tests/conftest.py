@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from hypothesis import settings as hypothesis_settings
 
 from replicator.config import Settings
 from replicator.devtools.stack import (
@@ -28,6 +29,11 @@ from replicator.devtools.stack import (
 from tests.support.fresh import FreshNames, create_fresh
 
 FRESH_PARTITIONS = 3
+
+# Property tests assert verdicts, never speed: hypothesis's per-example deadline (200 ms by
+# default) fails them on a loaded machine, and pytest-timeout already bounds each test.
+hypothesis_settings.register_profile("project", deadline=None)
+hypothesis_settings.load_profile("project")
 
 SettingsFactory = Callable[..., Settings]
 

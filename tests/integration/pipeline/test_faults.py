@@ -392,7 +392,14 @@ def kill9_between_the_two_stores_writes(run: Run) -> tuple[Produced, list[Servic
     proxy.set(Mode.DELAY, delay_ms=150)
     svc = run.service()
     with Load(run.settings, 150 * LOAD, 0.2, run.index) as load:
-        kill_at_random_moments(run, svc, 3, 1.0, 3.5)
+        for _ in range(3):
+            # Each kill counts from the service's first request to the slow store, not from
+            # its start: on a loaded machine the start alone can outlast the window.
+            struck = struck_again(proxy)
+            svc.start()
+            wait_for(struck, svc)
+            time.sleep(run.rng.uniform(0.5, 2.5))
+            svc.kill9()
     return load.produced, [svc]
 
 
@@ -536,7 +543,26 @@ def _with_load(
         if during is not None:
             during()
         time.sleep(seconds)
+        # The faults must really meet the service's requests: on a loaded machine its start
+        # can take most of the window, so the load goes on until every proxy has struck.
+        wait_for(lambda: all(p.injected > 0 for p in run.proxies), svc)
     return load.produced, [svc]
+
+
+def struck_again(proxy: FaultProxy) -> Callable[[], bool]:
+    """A condition: the proxy has struck again since this call."""
+    seen = proxy.injected
+    return lambda: proxy.injected > seen
+
+
+def wait_for(condition: Callable[[], bool], svc: Service, timeout_s: float = 60.0) -> None:
+    """Wait until `condition()` holds, failing with the service's log if it does not within
+    `timeout_s` or if the service died."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert svc.alive(), svc.log_text()[-3000:]
+        assert time.monotonic() < deadline, svc.log_text()[-3000:]
+        time.sleep(0.05)
 
 
 def store_slow_requests(run: Run) -> tuple[Produced, list[Service]]:

@@ -26,7 +26,7 @@ REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 TOPICS = REGISTRY.topics()
 FUZZ = settings(
     max_examples=600,
-    deadline=1000,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
