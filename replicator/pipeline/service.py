@@ -76,6 +76,7 @@ from replicator.pipeline.state import (
 )
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
+from replicator.telemetry.kafkastats import ClientStatistics
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.pipeline")
@@ -182,11 +183,12 @@ class Replicator:
                 "enable.partition.eof": False,
                 "client.id": f"replicator-{__version__}",
                 "error_cb": self._kafka_error,
+                **self._statistics(),
             }
         )
         self.state.consumer = consumer
         consumer.subscribe(
-            s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         try:
             while not self._stop.is_set():
@@ -196,6 +198,14 @@ class Replicator:
         finally:
             self._shutdown(consumer)
         return self.stats
+
+    def _statistics(self) -> dict[str, Any]:
+        """The client's own statistics every kafka_statistics_interval_ms (0: none); the
+        callback runs inside consume(), on this thread, once per interval."""
+        interval = self.settings.kafka_statistics_interval_ms
+        if interval <= 0:
+            return {}
+        return {"statistics.interval.ms": interval, "stats_cb": ClientStatistics(self.metrics)}
 
     def _shutdown(self, consumer: Consumer) -> None:
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
@@ -276,13 +286,21 @@ class Replicator:
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
         self.intake.drop_judged()
         self.broker_up = True
+        self.metrics.rebalances.labels("assigned").inc()
         assigned = self.partitions.assign(partitions)
         consumer.assign(assigned)
+        self.metrics.assigned.set(len(self.parts))
         for lane in self.lanes:
             if lane.mode is LaneMode.UP and lane.catchup is None:
                 self.catchups.start(lane)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+        self._on_revoke(consumer, partitions, event="lost")
+
+    def _on_revoke(
+        self, consumer: Consumer, partitions: list[KafkaTP], event: str = "revoked"
+    ) -> None:
+        self.metrics.rebalances.labels(event).inc()
         self.intake.drop_judged()
         tps = {(k.topic, k.partition) for k in partitions}
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
@@ -291,6 +309,7 @@ class Replicator:
                 self.catchups.start(lane)
         self.checkpoint.commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
         self.partitions.forget(tps)
+        self.metrics.assigned.set(len(self.parts))
         log.info("partitions_revoked", extra=fields(partitions=sorted(f"{t}/{p}" for t, p in tps)))
 
     def _kafka_error(self, err: KafkaError) -> None:
