@@ -8,14 +8,14 @@ fraction of a millisecond, and nothing here runs per record.
 
 Exported from it (docs/metrics.md):
 
-    replicator_kafka_consumer_lag_records{topic, partition}   high watermark - position
+    replicator_kafka_consumer_lag_records{topic, partition}   end offset - position
     replicator_kafka_fetch_queue_records{topic, partition}    fetchq_cnt
     replicator_kafka_broker_rtt_seconds{broker}               rtt.avg (microseconds -> s)
     replicator_kafka_statistics_timestamp_seconds             when the last one came
 
-Only partitions the consumer owns (librdkafka's `desired`) and real brokers (node id >= 0,
-at least one round trip in the window) are exported; a partition or broker that leaves the
-document leaves the metrics.
+Only partitions the consumer owns (librdkafka's `desired`) and real brokers (node id >= 0)
+are exported; a broker's round trip keeps its last figure through a window without a
+request; a partition or broker that leaves the document leaves the metrics.
 """
 
 from __future__ import annotations
@@ -62,21 +62,27 @@ class ClientStatistics:
                 if int(key) < 0 or not part.get("desired", False):
                     continue  # -1: the topic's unassigned messages; not desired: not owned
                 labels = (str(topic), str(int(key)))
-                lag = int(part.get("consumer_lag", -1))
-                if lag >= 0:
-                    m.client_lag.labels(*labels).set(lag)
-                else:  # not known yet (no fetch since the assignment)
+                # librdkafka's own `consumer_lag` counts from the live group's committed
+                # offset, which the service never commits (each store commits its own
+                # group): the lag here counts from the position handed to the service.
+                end = int(part.get("ls_offset", -1))
+                end = end if end >= 0 else int(part.get("hi_offset", -1))
+                position = int(part.get("app_offset", -1))
+                if end >= 0 and position >= 0:
+                    m.client_lag.labels(*labels).set(max(end - position, 0))
+                else:  # not known yet (nothing consumed since the assignment)
                     with contextlib.suppress(KeyError):
                         m.client_lag.remove(*labels)
                 m.client_fetchq.labels(*labels).set(int(part.get("fetchq_cnt", 0)))
                 partitions.add(labels)
         brokers: set[str] = set()
         for name, broker in (stats.get("brokers") or {}).items():
-            rtt = broker.get("rtt") or {}
-            if int(broker.get("nodeid", -1)) < 0 or int(rtt.get("cnt", 0)) <= 0:
-                continue  # a bootstrap placeholder, or no request in the window
-            m.client_rtt.labels(str(name)).set(float(rtt["avg"]) / 1e6)
+            if int(broker.get("nodeid", -1)) < 0:
+                continue  # a bootstrap or coordinator placeholder, not a broker
             brokers.add(str(name))
+            rtt = broker.get("rtt") or {}
+            if int(rtt.get("cnt", 0)) > 0:  # no request in the window: keep the last figure
+                m.client_rtt.labels(str(name)).set(float(rtt["avg"]) / 1e6)
         for labels in self._partitions - partitions:
             for gauge in (m.client_lag, m.client_fetchq):
                 with contextlib.suppress(KeyError):

@@ -156,8 +156,9 @@ class Metrics:
         )
         self.client_lag = Gauge(
             "replicator_kafka_consumer_lag_records",
-            "The live consumer's own lag per owned partition (librdkafka statistics: high "
-            "watermark - its position in memory, not what the stores hold)",
+            "The live consumer's own lag per owned partition (librdkafka statistics: last "
+            "stable offset - the position handed to the service, in memory; not what the "
+            "stores hold)",
             ["topic", "partition"],
             registry=r,
         )

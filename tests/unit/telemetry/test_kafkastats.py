@@ -13,7 +13,20 @@ from replicator.telemetry.metrics import Metrics
 
 
 def partition(desired: bool, lag: int, fetchq: int) -> dict[str, Any]:
-    return {"desired": desired, "consumer_lag": lag, "fetchq_cnt": fetchq, "fetch_state": "active"}
+    """A partition's statistics with `lag` records between its end and the position handed
+    to the application (-1: nothing consumed yet). librdkafka's own consumer_lag counts from
+    the committed offset, which the live group never has: -1 always."""
+    app = 1000 if lag >= 0 else -1001
+    return {
+        "desired": desired,
+        "hi_offset": app + lag + 3,  # the stable end is below the watermark (open transaction)
+        "ls_offset": app + lag if lag >= 0 else 5,
+        "app_offset": app,
+        "committed_offset": -1001,
+        "consumer_lag": -1,
+        "fetchq_cnt": fetchq,
+        "fetch_state": "active",
+    }
 
 
 def document(
@@ -89,6 +102,9 @@ def test_what_leaves_the_document_leaves_the_metrics() -> None:
     )
     assert samples(metrics, "replicator_kafka_consumer_lag_records") == {}
     assert samples(metrics, "replicator_kafka_fetch_queue_records") == {("t", "1"): 3}
+    # a window without a request to the broker keeps its last round trip
+    stats(document({("t", 1): partition(True, 0, 3)}, {"k1:9092/1": broker(1, 0, 0)}))
+    assert samples(metrics, "replicator_kafka_broker_rtt_seconds") == {("k1:9092/1",): 0.001}
     stats(document({}, {}))
     assert samples(metrics, "replicator_kafka_fetch_queue_records") == {}
     assert samples(metrics, "replicator_kafka_broker_rtt_seconds") == {}
@@ -100,9 +116,7 @@ def test_what_leaves_the_document_leaves_the_metrics() -> None:
         "not json",
         "[]",
         json.dumps({"topics": {"t": {"partitions": {"x": {}}}}}),
-        json.dumps(
-            {"topics": {"t": {"partitions": {"0": {"desired": True, "consumer_lag": "?"}}}}}
-        ),
+        json.dumps({"topics": {"t": {"partitions": {"0": {"desired": True, "app_offset": "?"}}}}}),
         json.dumps({"brokers": {"b": {"nodeid": 1, "rtt": {"cnt": 1}}}}),
     ],
 )
