@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -23,13 +24,18 @@ from replicator.stores.factory import build_stores
 from replicator.stores.retirement import retired_stores
 from replicator.telemetry.lag import LagMonitor
 from replicator.telemetry.metrics import Metrics
-from replicator.telemetry.server import start_http
+from replicator.telemetry.server import OPENING_STORES, WAITING_FOR_BROKER, Probes, start_http
 
 log = logging.getLogger("replicator")
 
 
-def wait_for_broker(settings: Settings, stop_after: float | None = None) -> AdminClient:
-    """Retry with backoff until the broker answers; report every attempt."""
+def wait_for_broker(
+    settings: Settings,
+    stop_after: float | None = None,
+    waiting: Callable[[str], None] | None = None,
+) -> AdminClient:
+    """Retry with backoff until the broker answers; report every attempt (in the log, and
+    to `waiting` with the error)."""
     admin = AdminClient(settings.kafka_common())
     delay = 1.0
     started = time.monotonic()
@@ -41,6 +47,8 @@ def wait_for_broker(settings: Settings, stop_after: float | None = None) -> Admi
                 raise ReplicatorError(
                     f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}"
                 ) from None
+            if waiting is not None:
+                waiting(str(exc.args[0]))
             log.warning(
                 "waiting_for_broker",
                 extra=fields(
@@ -80,10 +88,32 @@ def tune_gc() -> None:
 
 def run_service(settings: Settings) -> None:
     """Build the service from `settings` and run it until a signal stops it. Raises
-    ConfigError for a bad setting found on the way (exit 2), ReplicatorError otherwise."""
+    ConfigError for a bad setting found on the way (exit 2), ReplicatorError otherwise.
+
+    /metrics, /healthz and /readyz answer from the first second: the HTTP server starts
+    before anything waits, and /readyz names the phase the start-up is in (waiting for the
+    broker, opening the stores) until the service runs."""
+    metrics = Metrics(topics=settings.topics)  # the stores' series once retirement is known
+    probes = Probes(metrics)
+    server = start_http(settings.metrics_host, settings.metrics_port, probes)
+    try:
+        _start_and_run(settings, metrics, probes)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _start_and_run(settings: Settings, metrics: Metrics, probes: Probes) -> None:
     registry = SchemaRegistry.load(settings.schemas_dir)
     log.info("configuration", extra=fields(**settings.printable()))
-    wait_for_broker(settings)
+    probes.starting(WAITING_FOR_BROKER, f"waiting for Kafka at {settings.kafka_bootstrap}")
+    wait_for_broker(
+        settings,
+        waiting=lambda error: probes.starting(
+            WAITING_FOR_BROKER, f"Kafka at {settings.kafka_bootstrap} does not answer: {error}"
+        ),
+    )
+    probes.starting(OPENING_STORES, "opening the stores and reading the cutover record")
     stores = build_stores(settings)
     # After a cutover the retired store is neither written nor watched (no lag alerts).
     retired = retired_stores(stores)
@@ -95,17 +125,13 @@ def run_service(settings: Settings) -> None:
         settings = settings.model_copy(
             update={"stores": [n for n in settings.stores if n not in retired]}
         )
-    metrics = Metrics(stores=settings.stores, topics=settings.topics)
+    metrics.declare(settings.stores, ())
     service = Replicator(settings, stores, registry, metrics)
     service.install_signal_handlers()
     tune_gc()
     lag = LagMonitor(settings, metrics).start()  # its own thread and Kafka clients
     try:
-        server = start_http(settings.metrics_host, settings.metrics_port, service, lag)
-        try:
-            service.run()
-        finally:
-            server.shutdown()
-            server.server_close()
+        probes.attach(service, lag)
+        service.run()
     finally:
         lag.stop()

@@ -317,6 +317,13 @@ class Settings(BaseSettings):
         description="How often each store's lag is read from Kafka (committed offsets, "
         "high watermarks, timestamps of the oldest records not yet in the store)",
     )
+    kafka_statistics_interval_ms: int = Field(
+        default=15_000,
+        ge=0,
+        description="How often the live consumer's own statistics (librdkafka "
+        "statistics.interval.ms: consumer lag and fetch queue per partition, broker round "
+        "trip) are exported as metrics; 0 turns them off",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level"
     )

@@ -66,6 +66,7 @@ class Checkpoint:
                 )
                 continue
             lane.committed.update(changed)
+            self.metrics.store_last_commit.labels(lane.name).set(time.time())
             for (topic, partition), pos in changed.items():
                 self.metrics.replica_committed.labels(lane.name, topic, str(partition)).set(pos)
         for tp, state in self.parts.items():

@@ -9,8 +9,9 @@ chunk cut goes to the lanes once (`dispatch_live`). The per-record loops are the
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import cast
 
@@ -47,6 +48,7 @@ class Intake:
         ] = deque()
         self._schema_topics = dict(state.settings.schema_topics)
         self._dead_letter_logs = EventBudget(per_window=100, window_s=60.0)
+        self._consumed = functools.cache(self.metrics.consumed.labels)
 
     def start(self) -> None:
         """Start the judges' worker processes, when configured (`decode_workers`)."""
@@ -93,6 +95,11 @@ class Intake:
             )
         if not taken:
             return
+        # Records consumed per topic: counted per batch (one C pass over the batch's
+        # partition states, one increment per partition), never in the loop above.
+        consumed = self._consumed
+        for state, count in Counter(states).items():
+            consumed(state.tp[0]).inc(count)
         # A chunk's envelopes are made when it is encoded (`container`, in C), so that an open
         # chunk holds each record's body once, not twice (peak RSS).
         if self._judges is None:

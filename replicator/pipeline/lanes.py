@@ -98,6 +98,7 @@ class Lanes:
             try:
                 outcome = lane.store.create_if_absent(enc.key, enc.data, enc.md5, enc.metadata)
                 self.metrics.put_seconds.labels(lane.name).observe(time.monotonic() - started)
+                self.metrics.store_last_put.labels(lane.name).set(time.time())
                 return outcome
             except StoreError as exc:
                 self.metrics.store_errors.labels(lane.name, exc.kind.value).inc()

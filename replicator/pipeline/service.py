@@ -76,6 +76,7 @@ from replicator.pipeline.state import (
 )
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
+from replicator.telemetry.kafkastats import ClientStatistics
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.pipeline")
@@ -205,10 +206,12 @@ class Replicator:
             on_dropped=self._dead_letter_value_dropped,
         )
         self.intake.start()
-        consumer = Consumer({**live_consumer_config(s), "error_cb": self._kafka_error})
+        consumer = Consumer(
+            {**live_consumer_config(s), "error_cb": self._kafka_error, **self._statistics()}
+        )
         self.state.consumer = consumer
         consumer.subscribe(
-            s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            s.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("joining_group", extra=fields(group=s.group_id))
         try:
@@ -221,6 +224,14 @@ class Replicator:
         finally:
             self._shutdown(consumer)
         return self.stats
+
+    def _statistics(self) -> dict[str, Any]:
+        """The client's own statistics every kafka_statistics_interval_ms (0: none); the
+        callback runs inside consume(), on this thread, once per interval."""
+        interval = self.settings.kafka_statistics_interval_ms
+        if interval <= 0:
+            return {}
+        return {"statistics.interval.ms": interval, "stats_cb": ClientStatistics(self.metrics)}
 
     def _shutdown(self, consumer: Consumer) -> None:
         """Finish the puts under way until the deadline (shutdown_timeout_s after the stop
@@ -319,15 +330,23 @@ class Replicator:
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
         self.intake.drop_judged()
         self.broker_up = True
+        self.metrics.rebalances.labels("assigned").inc()
         assigned, complete = self.partitions.assign(partitions)
         consumer.assign(assigned)
+        self.metrics.assigned.set(len(self.parts))
         if not complete:
             return  # a stop was asked for while a store was listed: the shutdown follows
         for lane in self.lanes:
             if lane.mode is LaneMode.UP and lane.catchup is None:
                 self.catchups.start(lane)
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaTP]) -> None:
+        self._on_revoke(consumer, partitions, event="lost")
+
+    def _on_revoke(
+        self, consumer: Consumer, partitions: list[KafkaTP], event: str = "revoked"
+    ) -> None:
+        self.metrics.rebalances.labels(event).inc()
         self.intake.drop_judged()
         tps = {(k.topic, k.partition) for k in partitions}
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
@@ -338,6 +357,7 @@ class Replicator:
                 self.catchups.start(lane)
         self.checkpoint.commit(force=True, dlq_timeout=max(deadline - time.monotonic(), 1.0))
         self.partitions.forget(tps)
+        self.metrics.assigned.set(len(self.parts))
         log.info("partitions_revoked", extra=fields(partitions=sorted(f"{t}/{p}" for t, p in tps)))
 
     def _dead_letter_value_dropped(self, topic: str, reason: str) -> None:

@@ -128,7 +128,7 @@ class Lane:
         return self.store.name
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (the intake counts per state)
 class PartitionState:
     tp: TP
     chunker: PartitionChunker

@@ -5,13 +5,16 @@ Names follow Prometheus conventions: base units, `_total` counters, bounded labe
 configuration). docs/metrics.md describes each metric; monitoring/ holds the alert rules and
 the Grafana dashboard built on them.
 
-Two writers fill this registry:
+Three writers fill this registry:
 - the service loop (replicator/pipeline/): what it writes, dead-letters and sees of the stores;
-- the lag monitor (replicator/telemetry/lag.py): each store's durable position and lag, read from Kafka.
+- the lag monitor (replicator/telemetry/lag.py): each store's durable position and lag,
+  read from Kafka;
+- the live consumer's statistics callback (replicator/telemetry/kafkastats.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from prometheus_client import (
@@ -38,6 +41,7 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (*DECODE_REASONS, *VIOLATION_REASONS)
 # The reason a dead letter sent without its value carries (replicator/kafka/deadletter.py).
 DROPPED_VALUE_REASONS: tuple[str, ...] = (REASON_OVERSIZED, REASON_REFUSED)
 ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in StoreErrorKind)
+REBALANCE_EVENTS: tuple[str, ...] = ("assigned", "revoked", "lost")
 
 # No `<counter>_created` series: they double the output and no query here uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -141,6 +145,73 @@ class Metrics:
             buckets=(1024, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
         )
 
+        self.store_last_put = Gauge(
+            "replicator_store_last_put_timestamp_seconds",
+            "When a put last succeeded in this store (Unix time; the replica's start until "
+            "the first one): time() - this is the store's freshness",
+            ["store"],
+            registry=r,
+        )
+        self.store_last_commit = Gauge(
+            "replicator_store_last_commit_timestamp_seconds",
+            "When this replica last committed the store's progress (Unix time; the "
+            "replica's start until the first commit)",
+            ["store"],
+            registry=r,
+        )
+
+        # --- the live consumer: what it reads, its partitions, librdkafka's statistics ----
+        self.consumed = Counter(
+            "replicator_records_consumed_total",
+            "Records the live consumer handed to the judge, per topic (counted per batch)",
+            ["topic"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "replicator_rebalances_total",
+            "Rebalance callbacks of the live consumer, by event (assigned, revoked, lost)",
+            ["event"],
+            registry=r,
+        )
+        self.assigned = Gauge(
+            "replicator_assigned_partitions",
+            "Partitions this replica owns in the live consumer group",
+            registry=r,
+        )
+        self.client_lag = Gauge(
+            "replicator_kafka_consumer_lag_records",
+            "The live consumer's own lag per owned partition (librdkafka statistics: last "
+            "stable offset - the position handed to the service, in memory; not what the "
+            "stores hold)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.client_fetchq = Gauge(
+            "replicator_kafka_fetch_queue_records",
+            "Records fetched and waiting in the client's queue per owned partition "
+            "(librdkafka statistics: fetchq_cnt)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.client_rtt = Gauge(
+            "replicator_kafka_broker_rtt_seconds",
+            "Average round trip to each broker over the last statistics interval "
+            "(librdkafka statistics: rtt.avg)",
+            ["broker"],
+            registry=r,
+        )
+        self.client_stats_updated = Gauge(
+            "replicator_kafka_statistics_timestamp_seconds",
+            "When the live consumer last reported its statistics (Unix time)",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "replicator_ready",
+            "1 while /readyz answers 200 (broker answers, a store accepts writes), 0 "
+            "otherwise, from the process's start",
+            registry=r,
+        )
+
         # --- the lag monitor: durable progress read from Kafka ---------------------------
         self.store_committed = Gauge(
             "replicator_store_committed_offset",
@@ -180,15 +251,26 @@ class Metrics:
             registry=r,
         )
 
+        for event in REBALANCE_EVENTS:
+            self.rebalances.labels(event)
+        self.declare(stores, topics)
+
+    def declare(self, stores: Sequence[str], topics: Sequence[str]) -> None:
+        """Create the label sets of these stores and topics at 0 (the constructor does it
+        for its own; `run_service` calls it once it knows which stores are not retired)."""
+        started = time.time()
         for store in stores:
             self.store_up.labels(store)  # 0 until the service has seen the store answer
             self.catching_up.labels(store)
+            self.store_last_put.labels(store).set(started)
+            self.store_last_commit.labels(store).set(started)
             for outcome in OUTCOMES:
                 self.records.labels(store, outcome)
                 self.objects.labels(store, outcome)
             for kind in ERROR_KINDS:
                 self.store_errors.labels(store, kind)
         for topic in topics:
+            self.consumed.labels(topic)
             for reason in DEAD_LETTER_REASONS:
                 self.dead_letters.labels(topic, reason)
             for reason in DROPPED_VALUE_REASONS:

@@ -1,10 +1,17 @@
 """HTTP endpoints for Kubernetes and Prometheus: /metrics, /healthz, /readyz.
 
-- /metrics: the service's registry in the Prometheus text format (docs/metrics.md);
-- /healthz (liveness): 200 while the service loop turns (a turn in the last minute) and the
-  lag monitor's thread runs; 503 otherwise, and Kubernetes restarts the pod;
+They answer from the process's first second (`run_service` starts them before it waits for
+the broker), first from the start-up phase (`Probes.starting`), then from the service once
+it is attached (`Probes.attach`):
+
+- /metrics: the service's registry in the Prometheus text format (docs/metrics.md), with
+  `replicator_ready` set to what /readyz would answer;
+- /healthz (liveness): 200 during start-up (waiting for the broker is not a reason to
+  restart), then while the service loop turns (a turn in the last minute) and the lag
+  monitor's thread runs; 503 otherwise, and Kubernetes restarts the pod;
 - /readyz (readiness): 200 when the broker answers and at least one store accepts writes;
-  503 otherwise. The JSON body says which: {"ready": .., "broker": .., "stores": {name: ..},
+  503 otherwise, with the reason. The JSON body says which:
+  {"ready": .., "phase": .., "broker": .., "stores": {name: ..}, "reason": ..,
   "dead_letter": {"delivering": .., "undelivered": ..}}; the dead-letter detail does not
   change readiness (a dead-letter topic that does not acknowledge holds every commit, and
   alerts: ReplicatorDeadLetterUndelivered).
@@ -44,7 +51,11 @@ class ServiceStatus(Protocol):
 
 def health(service: ServiceStatus, lag: LagMonitor | None = None) -> tuple[bool, dict[str, Any]]:
     age = time.monotonic() - service.last_loop_at
-    body: dict[str, Any] = {"alive": age < HEALTHY_LOOP_AGE_S, "loop_age_s": round(age, 3)}
+    body: dict[str, Any] = {
+        "alive": age < HEALTHY_LOOP_AGE_S,
+        "phase": RUNNING,
+        "loop_age_s": round(age, 3),
+    }
     if lag is not None:
         body["lag_monitor"] = lag.alive()
         body["alive"] = body["alive"] and body["lag_monitor"]
@@ -67,27 +78,75 @@ def readiness(service: ServiceStatus, lag: LagMonitor | None = None) -> tuple[bo
         for name, up in status["stores"].items()
     }
     ready = broker and any(stores.values())
-    body: dict[str, Any] = {"ready": ready, "broker": broker, "stores": stores}
+    body: dict[str, Any] = {"ready": ready, "phase": RUNNING, "broker": broker, "stores": stores}
+    if not ready:
+        reasons = [] if broker else ["the broker does not answer (see the lag_check_failed logs)"]
+        if not any(stores.values()):
+            reasons.append("no store accepts writes (see the store_down logs)")
+        body["reason"] = "; ".join(reasons)
     if "dead_letter" in status:
         body["dead_letter"] = status["dead_letter"]
     return ready, body
 
 
-def start_http(
-    host: str, port: int, service: ServiceStatus, lag: LagMonitor | None = None
-) -> ThreadingHTTPServer:
+# The phases of a replica's start, in order; /readyz names the current one.
+STARTING = "starting"
+WAITING_FOR_BROKER = "waiting_for_broker"
+OPENING_STORES = "opening_stores"
+RUNNING = "running"
+
+
+class Probes:
+    """What the endpoints answer: the start-up phase until `attach` hands them the service.
+
+    Written by the thread that starts the service, read by the HTTP threads: each field is
+    replaced whole, never mutated, so a reader sees one phase or the next."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.phase = STARTING
+        self.detail = "loading the schemas"
+        self.service: ServiceStatus | None = None
+        self.lag: LagMonitor | None = None
+
+    def starting(self, phase: str, detail: str) -> None:
+        self.phase, self.detail = phase, detail
+
+    def attach(self, service: ServiceStatus, lag: LagMonitor | None = None) -> None:
+        self.lag = lag
+        self.service = service
+        self.phase = RUNNING
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        service = self.service
+        if service is None:
+            return True, {"alive": True, "phase": self.phase}
+        return health(service, self.lag)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        service = self.service
+        if service is None:
+            return False, {"ready": False, "phase": self.phase, "reason": self.detail}
+        return readiness(service, self.lag)
+
+    def metrics_text(self) -> bytes:
+        self.metrics.ready.set(1 if self.readiness()[0] else 0)
+        return generate_latest(self.metrics.registry)
+
+
+def start_http(host: str, port: int, probes: Probes) -> ThreadingHTTPServer:
     """Serve in a daemon thread; `port=0` picks a free port (read it from server.server_port)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
+                self._send(200, probes.metrics_text(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                ok, body = health(service, lag)
+                ok, body = probes.health()
                 self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
             elif path == "/readyz":
-                ok, body = readiness(service, lag)
+                ok, body = probes.readiness()
                 self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")

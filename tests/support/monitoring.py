@@ -24,9 +24,16 @@ PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 
 # Values given to the dashboard's template variables when its queries run outside Grafana.
-DEFAULT_VARIABLES = {"job": ".*", "store": ".*", "topic": ".*", "__rate_interval": "1m"}
+DEFAULT_VARIABLES = {
+    "namespace": ".*",
+    "job": ".*",
+    "store": ".*",
+    "topic": ".*",
+    "__rate_interval": "1m",
+}
+RUNBOOK = REPO / "docs" / "runbook.md"
 
-_FOR = re.compile(r"^(\s*)for: *\S+ *$", re.MULTILINE)
+_FOR = re.compile(r"^(\s*)for: *\S+( *#.*)?$", re.MULTILINE)
 
 
 def tool(name: str) -> str:
@@ -105,7 +112,7 @@ def rules_with_for(duration: str) -> str:
     """The rules file with every `for:` set to `duration`, and nothing else changed: a test
     cannot wait the production durations (minutes), but must evaluate the same expressions."""
     original = RULES.read_text()
-    rendered = _FOR.sub(lambda m: f"{m.group(1)}for: {duration}", original)
+    rendered = _FOR.sub(lambda m: f"{m.group(1)}for: {duration}{m.group(2) or ''}", original)
     before, after = original.splitlines(), rendered.splitlines()
     assert len(before) == len(after)
     changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
@@ -130,3 +137,23 @@ def metric_names() -> set[str]:
 
 def referenced_metrics(text: str) -> set[str]:
     return set(re.findall(r"\breplicator_[a-z_]+\b", text))
+
+
+def runbook_anchors() -> set[str]:
+    """The anchors of docs/runbook.md's headings, as Git hosts make them (lower case, spaces
+    to hyphens, punctuation dropped)."""
+    anchors = set()
+    for line in RUNBOOK.read_text().splitlines():
+        heading = re.match(r"#+ +(.+)$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            anchors.add(slug.replace(" ", "-"))
+    return anchors
+
+
+def dashboard_links() -> list[tuple[str, str]]:
+    """(where, url) of every link of the dashboard and of its panels."""
+    out = [("dashboard", link["url"]) for link in dashboard().get("links", [])]
+    for panel in dashboard_panels():
+        out.extend((panel["title"], link["url"]) for link in panel.get("links", []))
+    return out

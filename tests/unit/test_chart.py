@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from replicator import __version__
 from replicator.config import Settings, load_settings
 from replicator.devtools import docs_gen
+from tests.support.monitoring import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "replicator"
@@ -499,10 +501,136 @@ def test_chart_copies_of_the_monitoring_files_are_identical() -> None:
         )
 
 
-def test_prometheus_rule_is_the_rules_file(manifests: Manifests) -> None:
-    rule = one(manifests, "PrometheusRule")
-    assert rule["spec"] == helm.values_from_yaml(RULES.read_text(encoding="utf-8"))
-    assert rule["spec"]["groups"], "no rule group"
+def rules_for_job(job: str) -> str:
+    return RULES.read_text(encoding="utf-8").replace('job="replicator"', f"job={json.dumps(job)}")
+
+
+def rendered_rules(manifests: Manifests) -> dict[str, Any]:
+    spec: dict[str, Any] = one(manifests, "PrometheusRule")["spec"]
+    return spec
+
+
+def test_prometheus_rule_is_the_rules_file_with_the_release_job(manifests: Manifests) -> None:
+    assert 'job="replicator"' in RULES.read_text(encoding="utf-8")
+    expected = helm.values_from_yaml(rules_for_job(f"{NAMESPACE}/{RELEASE}"))
+    assert rendered_rules(manifests) == expected
+    assert rendered_rules(manifests)["groups"], "no rule group"
+
+
+MARK = re.compile(r"^(.*[^0-9.])([0-9.]+[smhdwy]?)([^0-9]*#\s*chart:\s*(\w+)\s*)$")
+
+
+def marked_values() -> list[tuple[str, str]]:
+    """(value name, number in the file) of every `# chart: <name>` mark of the rules file."""
+    out = []
+    for line in RULES.read_text(encoding="utf-8").splitlines():
+        if re.search(r"#\s*chart:\s*\w+\s*$", line):  # as the template finds them
+            match = MARK.match(line)
+            assert match, f"a mark without a number before it: {line!r}"
+            out.append((match.group(4), match.group(2)))
+    return out
+
+
+def test_every_threshold_of_the_rules_is_a_chart_value_with_the_files_default() -> None:
+    defaults = merged_values({})["prometheusRule"]["thresholds"]
+    marks = marked_values()
+    assert {name for name, _ in marks} == set(defaults)
+    for name, number in marks:
+        assert str(defaults[name]) == number, (name, defaults[name], number)
+    # every `for:` and every comparison with a number is marked (`> 0`, "at all", is a
+    # condition, not a threshold)
+    for line in RULES.read_text(encoding="utf-8").splitlines():
+        if re.match(r"\s*for:", line) or re.search(r"(>|<|>=|<=) (?!0\s*$)[0-9.]+\s*$", line):
+            assert "# chart:" in line, f"a threshold that is not a chart value: {line.strip()}"
+
+
+def changed_thresholds() -> dict[str, Any]:
+    """Every threshold of the chart changed: durations to 7m, 8m..., numbers + 11."""
+    out: dict[str, Any] = {}
+    for i, (name, value) in enumerate(
+        sorted(merged_values({})["prometheusRule"]["thresholds"].items())
+    ):
+        out[name] = f"{7 + i}m" if isinstance(value, str) else value + 11
+    return out
+
+
+def test_thresholds_given_as_values_reach_the_rules_and_nothing_else_changes(
+    tmp_path: Path,
+) -> None:
+    thresholds = changed_thresholds()
+    manifests = render(with_values(None, **{"prometheusRule.thresholds": thresholds}))
+    rendered = json.dumps(rendered_rules(manifests), indent=1)
+    rules = tmp_path / "rules.yml"
+    rules.write_text(rendered)
+    result = promtool("check", "rules", rules)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the same file with the numbers replaced by hand is what the chart rendered
+    by_hand = []
+    for line in rules_for_job(f"{NAMESPACE}/{RELEASE}").splitlines():
+        match = MARK.match(line)
+        by_hand.append(
+            f"{match.group(1)}{thresholds[match.group(4)]}{match.group(3)}" if match else line
+        )
+    assert rendered_rules(manifests) == helm.values_from_yaml("\n".join(by_hand))
+    rules_rendered = rendered_rules(manifests)["groups"][0]["rules"]
+    exprs = "\n".join(r["expr"] for r in rules_rendered)
+    durations = {r.get("for") for r in rules_rendered}
+    for name, value in thresholds.items():
+        if name.endswith("For"):
+            assert value in durations, name
+        else:
+            assert re.search(rf"[^0-9.]{value}[^0-9]*# chart: {name}\n", exprs), name
+
+
+def test_a_mark_the_chart_does_not_know_is_refused(tmp_path: Path) -> None:
+    chart = tmp_path / "replicator"
+    shutil.copytree(CHART, chart)
+    rules = chart / "files" / "alerts.rules.yml"
+    text = rules.read_text(encoding="utf-8")
+    assert "# chart: storeDownFor\n" in text
+    rules.write_text(text.replace("# chart: storeDownFor\n", "# chart: storeDownForever\n"))
+    with helm.Chart.load(chart) as copy, pytest.raises(helm.HelmError) as caught:
+        copy.render(None, name=RELEASE, namespace=NAMESPACE)
+    assert "prometheusRule.thresholds.storeDownForever" in str(caught.value)
+
+
+def job_of(manifests: Manifests) -> str:
+    monitor = one(manifests, "ServiceMonitor")
+    relabel = monitor["spec"]["endpoints"][0]["relabelings"]
+    assert [r for r in relabel if r["targetLabel"] == "job"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": relabel[0]["replacement"]}
+    ]
+    job: str = relabel[0]["replacement"]
+    return job
+
+
+@pytest.mark.parametrize(
+    ("name", "namespace", "values", "job"),
+    [
+        (RELEASE, NAMESPACE, {}, "snds/replicator"),
+        (RELEASE, "snds-test", {}, "snds-test/replicator"),
+        ("blue", NAMESPACE, {}, "snds/blue-replicator"),
+        (RELEASE, NAMESPACE, {"serviceMonitor.job": "replicator"}, "replicator"),
+    ],
+)
+def test_each_release_has_its_own_job_in_the_scrape_the_rules_and_keda(
+    name: str, namespace: str, values: dict[str, Any], job: str
+) -> None:
+    with helm.Chart.load(CHART) as chart:
+        manifests = parse_manifests(
+            chart.render(with_values(production_values(), **values), name=name, namespace=namespace)
+        )
+    assert job_of(manifests) == job
+    selector = f"job={json.dumps(job)}"
+    up_rule = next(
+        r
+        for r in rendered_rules(manifests)["groups"][0]["rules"]
+        if r.get("alert") == "ReplicatorNoReplicaUp"
+    )
+    assert up_rule["expr"].count(f"up{{{selector}}}") == 2
+    assert 'job="replicator"' not in json.dumps(rendered_rules(manifests)) or job == "replicator"
+    query = one(manifests, "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"]
+    assert query.count(selector) == 2
 
 
 def test_dashboard_configmap_is_the_dashboard(manifests: Manifests) -> None:
@@ -511,9 +639,18 @@ def test_dashboard_configmap_is_the_dashboard(manifests: Manifests) -> None:
     assert dashboard["data"]["replicator.json"] == DASHBOARD.read_text(encoding="utf-8")
 
 
-def test_service_monitor_scrapes_the_metrics_port_as_job_replicator(
-    manifests: Manifests,
-) -> None:
+def test_the_dashboard_links_to_the_runbook_url_given() -> None:
+    url = "https://git.example.org/snds/replicator/-/blob/main/docs/runbook.md"
+    manifests = render(with_values(None, **{"grafanaDashboard.runbookUrl": url}))
+    data = json.loads(manifests[("ConfigMap", f"{RELEASE}-dashboard")]["data"]["replicator.json"])
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert variables["runbook"]["query"] == url
+    original = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    original["templating"]["list"] = data["templating"]["list"]
+    assert data == original  # nothing else changed
+
+
+def test_service_monitor_scrapes_the_metrics_port(manifests: Manifests) -> None:
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
@@ -521,8 +658,7 @@ def test_service_monitor_scrapes_the_metrics_port_as_job_replicator(
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
-    job_label = monitor["spec"]["jobLabel"]
-    assert service["metadata"]["labels"][job_label] == "replicator"
+    assert "jobLabel" not in monitor["spec"]  # the job is the release's (job_of)
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
 
@@ -561,7 +697,70 @@ def test_keda_scales_the_deployment_on_store_lag(production: Manifests) -> None:
     assert f'"{metric}"' in (ROOT / "replicator" / "telemetry" / "metrics.py").read_text(
         encoding="utf-8"
     )
-    assert f'namespace="{NAMESPACE}"' in trigger["metadata"]["query"]
+    assert f'job="{NAMESPACE}/{RELEASE}"' in trigger["metadata"]["query"]
+
+
+KEDA_CASES = [
+    # (store -> (up per replica, lag per partition), the value KEDA reads)
+    ("both stores up: the worst one", {"s3": ([1, 1], [10, 20]), "azure": ([1, 1], [5, 5])}, 30),
+    (
+        "azure down with a large lag: only s3 counts",
+        {"s3": ([1, 1], [10, 20]), "azure": ([0, 0], [900000, 900000])},
+        30,
+    ),
+    (
+        "azure down for one replica only: a replica still writes it, not up",
+        {"s3": ([1, 1], [1, 2]), "azure": ([1, 0], [500, 500])},
+        3,
+    ),
+    (
+        "every store down: nothing (KEDA reads 0)",
+        {"s3": ([0, 0], [7, 7]), "azure": ([0, 0], [9, 9])},
+        None,
+    ),
+]
+
+
+def test_keda_does_not_scale_out_for_a_store_that_is_down(
+    production: Manifests, tmp_path: Path
+) -> None:
+    """The rendered trigger query, evaluated by promtool over series as the replicas export
+    them (two replicas, each exporting every partition's lag)."""
+    query = one(production, "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"]
+    job = f"{NAMESPACE}/{RELEASE}"
+    (tmp_path / "keda.rules.yml").write_text(
+        json.dumps(
+            {"groups": [{"name": "keda", "rules": [{"record": "keda:query", "expr": query}]}]}
+        )
+    )
+    tests = []
+    for what, stores, expected in KEDA_CASES:
+        series = []
+        for store, (ups, lags) in stores.items():
+            for replica, up in enumerate(ups):
+                labels = f'job="{job}", instance="r{replica}", store="{store}"'
+                series.append({"series": f"replicator_store_up{{{labels}}}", "values": f"{up}x5"})
+                for partition, lag in enumerate(lags):
+                    series.append(
+                        {
+                            "series": f'replicator_store_lag_records{{{labels}, topic="t", partition="{partition}"}}',
+                            "values": f"{lag}x5",
+                        }
+                    )
+        exp = [] if expected is None else [{"labels": "keda:query", "value": expected}]
+        tests.append(
+            {
+                "name": what,
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [{"expr": "keda:query", "eval_time": "2m", "exp_samples": exp}],
+            }
+        )
+    (tmp_path / "keda.test.yml").write_text(
+        json.dumps({"rule_files": ["keda.rules.yml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    result = promtool("test", "rules", "keda.test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_image_reference(default: Manifests, production: Manifests) -> None:

@@ -22,16 +22,21 @@ from tests.support.monitoring import (
     alert_blocks,
     alert_names,
     dashboard,
+    dashboard_links,
     dashboard_panels,
     dashboard_queries,
     metric_names,
     promtool,
     referenced_metrics,
     rules_with_for,
+    runbook_anchors,
     substitute,
 )
 
 REQUIRED_ALERTS = {
+    "ReplicatorNoReplicaUp",  # silence: no target up, or none at all
+    "ReplicatorReplicaNotReady",
+    "ReplicatorStoreNoCommit",  # no commit for a store while its lag grows
     "ReplicatorStoreLagHigh",  # lag in seconds over a threshold for a while
     "ReplicatorStoreDown",
     "ReplicatorStoreConflict",
@@ -51,12 +56,34 @@ def test_the_rules_unit_tests_pass() -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_every_alert_is_unit_tested_firing() -> None:
+def test_every_alert_is_unit_tested_firing_and_silent() -> None:
     tests = RULE_TESTS.read_text()
     for name in alert_names():
         assert re.search(rf"alertname: {name}\n\s+exp_alerts:\n\s+- exp_labels:", tests), (
             f"{name} is never shown firing in {RULE_TESTS.name}"
         )
+        assert re.search(rf"alertname: {name}\n\s+exp_alerts: \[\]", tests), (
+            f"{name} is never shown silent in {RULE_TESTS.name}"
+        )
+
+
+def test_every_alert_has_a_runbook_section_and_every_dashboard_link_finds_one() -> None:
+    anchors = runbook_anchors()
+    for name in alert_names():
+        assert name.lower() in anchors, f"docs/runbook.md has no section {name}"
+    links = dashboard_links()
+    assert ("dashboard", "${runbook}") in links
+    linked = set()
+    for where, url in links:
+        if where == "dashboard":
+            continue
+        base, _, anchor = url.partition("#")
+        assert base == "${runbook}" and anchor in anchors, (where, url)
+        linked.add(anchor)
+    assert len(linked) >= 8, linked
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["runbook"]["type"] == "constant"
+    assert variables["runbook"]["query"] == "docs/runbook.md"  # the chart replaces it
 
 
 def test_the_required_alerts_exist_with_severity_summary_and_runbook() -> None:
@@ -102,14 +129,17 @@ def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
 def test_the_dashboard_has_the_required_panels_and_variables() -> None:
     data = dashboard()
     variables = {v["name"]: v for v in data["templating"]["list"]}
-    assert {"datasource", "store", "topic"} <= set(variables)
-    for name in ("store", "topic"):
+    assert {"datasource", "namespace", "job", "store", "topic"} <= set(variables)
+    for name in ("namespace", "job", "store", "topic"):
         assert variables[name]["includeAll"] and variables[name]["multi"]
+    assert '{namespace=~"$namespace"}' in variables["job"]["query"]["query"]
     queries = dashboard_queries()
     text = "\n".join(expr for _, expr in queries)
-    # store and topic filters reach every lag query
+    # the release (namespace, job) reaches every query; store and topic every lag query
     for _title, expr in queries:
-        if "lag_" in expr:
+        for selector in re.findall(r"\b[a-z_]+\{[^}]*\}", expr):
+            assert 'namespace=~"$namespace", job=~"$job"' in selector, (selector, expr)
+        if "replicator_store_lag_" in expr:
             assert 'store=~"$store"' in expr and 'topic=~"$topic"' in expr, expr
     wanted = {
         "lag records per store": "sum by (store) (max by (store, topic, partition) "
@@ -127,6 +157,18 @@ def test_the_dashboard_has_the_required_panels_and_variables() -> None:
         "dead letters by reason": "sum by (reason) (rate(replicator_dead_letter_records_total",
         "store up": "min by (store) (replicator_store_up",
         "catch-up time": "deriv(replicator_store_committed_offset",
+        "replicas up": "sum(up{",
+        "replicas ready": "sum(replicator_ready{",
+        "CPU": "rate(process_cpu_seconds_total{",
+        "memory": "process_resident_memory_bytes{",
+        "freshness of puts": "time() - max by (store) (replicator_store_last_put_timestamp",
+        "freshness of commits": "time() - max by (store) (replicator_store_last_commit_times",
+        "records consumed per topic": "sum by (topic) (rate(replicator_records_consumed_total",
+        "rebalances": "increase(replicator_rebalances_total",
+        "owned partitions": "replicator_assigned_partitions",
+        "client lag": "replicator_kafka_consumer_lag_records",
+        "fetch queue": "replicator_kafka_fetch_queue_records",
+        "broker round trip": "replicator_kafka_broker_rtt_seconds",
     }
     for what, fragment in wanted.items():
         assert fragment in text, f"no query for {what}"

@@ -29,6 +29,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: replicator
 {{- end -}}
 
+{{/* The job label of this release's series (the ServiceMonitor sets it; the rules, the KEDA
+trigger and the dashboard select on it): serviceMonitor.job, or <namespace>/<full name>. */}}
+{{- define "replicator.job" -}}
+{{- default (printf "%s/%s" .Release.Namespace (include "replicator.fullname" .)) .Values.serviceMonitor.job -}}
+{{- end -}}
+
 {{- define "replicator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "replicator.fullname" .) .Values.serviceAccount.name -}}

@@ -113,7 +113,12 @@ def test_unreachable_broker_at_start_is_retried_and_reported(
     settings = settings_factory(kafka_bootstrap=f"127.0.0.1:{closed_port()}")
     service = Service(settings, tmp_path).start()
     try:
-        time.sleep(6)
+        # Each attempt waits up to 5 s for the broker: wait for the first report, not a
+        # fixed time (a loaded machine takes seconds to start the process).
+        deadline = time.monotonic() + 60
+        while "waiting_for_broker" not in service.log_text() and time.monotonic() < deadline:
+            assert service.alive(), service.log_text()
+            time.sleep(0.2)
         assert service.alive(), service.log_text()
     finally:
         service.stop()

@@ -11,7 +11,10 @@ scrapes its /metrics every second and evaluates the project's alert rules every 
 - every query of the Grafana dashboard returns data;
 - the logs are JSON lines with the fields SREs filter on, and neither they nor /metrics
   hold a secret of the run;
-- /healthz and /readyz answer for Kubernetes, and /readyz is 503 when no store answers.
+- /healthz and /readyz answer for Kubernetes, and /readyz is 503 when no store answers;
+- /metrics and /healthz answer while the broker does not, and /readyz says why;
+- the live consumer's figures (records consumed per topic, owned partitions, rebalances,
+  librdkafka's own statistics) and each store's last put and commit are exported.
 
 The rules Prometheus loads are monitoring/alerts.rules.yml with every `for:` shortened to
 5 s (`rules_with_for`, which checks that nothing else differs): a test cannot wait the
@@ -51,6 +54,7 @@ from replicator.devtools.stack import AZURITE_ACCOUNT, AZURITE_KEY, LocalStack
 from replicator.devtools.synthetic import SyntheticSource
 from replicator.model import TP
 from replicator.schemas import SchemaRegistry
+from tests.support.loopback import LoopbackServer, pump
 from tests.support.monitoring import dashboard_queries, rules_with_for, substitute, tool
 from tests.support.service import Service
 
@@ -290,6 +294,7 @@ def test_lag_metrics_alerts_and_dashboard_against_a_real_prometheus(
         health_interval_s=1.0,
         write_retry_s=2.0,
         chunk_max_records=100,
+        kafka_statistics_interval_ms=1000,
     )
     base = f"http://127.0.0.1:{metrics_port}"
     lag_records = "sum by (store) (max by (store, topic, partition) (replicator_store_lag_records))"
@@ -306,6 +311,7 @@ def test_lag_metrics_alerts_and_dashboard_against_a_real_prometheus(
             body = http_get(f"{base}/readyz").json()
             assert body == {
                 "ready": True,
+                "phase": "running",
                 "broker": True,
                 "stores": {"s3": True, "azure": True},
                 "dead_letter": {"delivering": True, "undelivered": 0},
@@ -366,6 +372,7 @@ def test_lag_metrics_alerts_and_dashboard_against_a_real_prometheus(
                 for r in prom.query("replicator_high_watermark_offset")
             }
             assert {tp: high[tp] for tp in ends} == {tp: float(e) for tp, e in ends.items()}
+            check_service_metrics(prom, settings, ends, started, partitions)
 
             # -- Azure stops: its lag grows, its up gauge is 0, the alerts fire; S3 goes on
             stack.stop_service("azure")
@@ -492,6 +499,128 @@ def test_lag_metrics_alerts_and_dashboard_against_a_real_prometheus(
     print(f"\nend-to-end metrics test: {time.time() - started:.1f}s of service run")
 
 
+def check_service_metrics(
+    prom: Prometheus, settings: Settings, ends: dict[TP, int], started: float, partitions: int
+) -> None:
+    """The metrics an SRE expects besides lag, once every record produced so far is in both
+    stores: what the live consumer read, what it owns, its own statistics, each store's
+    last put and commit, readiness."""
+    consumed = prom.values("sum by (topic) (replicator_records_consumed_total)", by="topic")
+    for topic in settings.topics:
+        produced = sum(end for (t, _p), end in ends.items() if t == topic)
+        assert consumed[topic] >= produced > 0, (topic, consumed, produced)
+    assert prom.values("replicator_assigned_partitions", by="") == {"": partitions}
+    rebalances = prom.values("replicator_rebalances_total", by="event")
+    assert rebalances["assigned"] >= 1, rebalances
+    assert prom.values("replicator_ready", by="") == {"": 1.0}
+
+    def client_statistics() -> bool:
+        lag = prom.query("replicator_kafka_consumer_lag_records")
+        fetchq = prom.query("replicator_kafka_fetch_queue_records")
+        rtt = prom.values("replicator_kafka_broker_rtt_seconds", by="broker")
+        return len(lag) == partitions and len(fetchq) == partitions and bool(rtt)
+
+    wait_for(client_statistics, 30, "the client's statistics for every owned partition")
+    rtt = prom.values("replicator_kafka_broker_rtt_seconds", by="broker")
+    assert all(v > 0 for v in rtt.values()), rtt
+    for name in ("last_put", "last_commit"):
+        stamps = prom.values(f"max by (store) (replicator_store_{name}_timestamp_seconds)")
+        # moved past the replica's start: a put and a commit happened for each store
+        assert set(stamps) == {"s3", "azure"}, stamps
+        assert all(v > started for v in stamps.values()), (name, stamps, started)
+
+
+class Relay(LoopbackServer):
+    """A TCP relay to the broker on a port chosen beforehand: until it starts, nothing
+    listens there (the broker "does not answer")."""
+
+    name = "broker-relay"
+
+    def __init__(self, port: int, upstream: tuple[str, int]) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        self.upstream = upstream
+        super().__init__(listener)
+
+    def _serve(self, sock: socket.socket) -> None:
+        self._track(sock)
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            sock.close()
+            return
+        self._track(upstream)
+        threading.Thread(target=pump, args=(upstream, sock), daemon=True).start()
+        pump(sock, upstream)
+
+
+def test_metrics_and_healthz_answer_while_the_broker_does_not_and_readyz_says_why(
+    stack: LocalStack, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A replica that cannot reach the broker is scraped and says why it is not ready;
+    once the broker answers, the same process becomes ready."""
+    broker_port, metrics_port = free_port(), free_port()  # nothing listens on broker_port yet
+    host, _, port = stack.kafka_bootstrap.rpartition(":")
+    settings = settings_factory(
+        kafka_bootstrap=f"127.0.0.1:{broker_port}", metrics_port=metrics_port, lag_interval_s=1.0
+    )
+    base = f"http://127.0.0.1:{metrics_port}"
+    service = Service(settings, tmp_path).start()
+    relay: Relay | None = None
+    try:
+        waiting = wait_for(
+            lambda: (
+                (a := http_get(f"{base}/readyz")).status == 503
+                and "does not answer" in a.json().get("reason", "")
+                and a
+            ),
+            60,
+            "readyz saying the broker does not answer",
+        )
+        assert waiting.json() == {
+            "ready": False,
+            "phase": "waiting_for_broker",
+            "reason": waiting.json()["reason"],
+        }
+        assert waiting.json()["reason"].startswith(
+            f"Kafka at 127.0.0.1:{broker_port} does not answer: "
+        )
+        health = http_get(f"{base}/healthz")
+        assert (health.status, health.json()) == (
+            200,
+            {"alive": True, "phase": "waiting_for_broker"},
+        )
+        metrics = http_get(f"{base}/metrics")
+        assert metrics.status == 200
+        lines = metrics.body.splitlines()
+        assert "replicator_ready 0.0" in lines
+        assert any(line.startswith("process_start_time_seconds ") for line in lines)
+        assert any(line.startswith("replicator_build_info{") for line in lines)
+        assert service.alive()
+
+        # -- the broker answers: the same process starts the service and becomes ready
+        relay = Relay(broker_port, (host or "127.0.0.1", int(port))).start()
+        ready = wait_for(
+            lambda: (a := http_get(f"{base}/readyz")).status == 200 and a, 90, "readyz 200"
+        )
+        assert ready.json() == {
+            "ready": True,
+            "phase": "running",
+            "broker": True,
+            "stores": {"s3": True, "azure": True},
+        }
+        assert "replicator_ready 1.0" in http_get(f"{base}/metrics").body.splitlines()
+    finally:
+        code = service.stop()
+        if relay is not None:
+            relay.close()
+    assert code == 0, service.log_text()[-3000:]
+    events = [json.loads(line)["event"] for line in service.log_text().splitlines() if line]
+    assert "waiting_for_broker" in events and "http_listening" in events
+    assert events.index("http_listening") < events.index("waiting_for_broker")
+
+
 def test_readyz_is_503_and_lag_still_exported_when_no_store_answers(
     stack: LocalStack, settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -520,9 +649,11 @@ def test_readyz_is_503_and_lag_still_exported_when_no_store_answers(
         assert answer.status == 503, answer
         assert answer.json() == {
             "ready": False,
+            "phase": "running",
             "broker": True,
             "stores": {"s3": False, "azure": False},
             "dead_letter": {"delivering": True, "undelivered": 0},
+            "reason": "no store accepts writes (see the store_down logs)",
         }
         health = http_get(f"{base}/healthz")
         assert health.status == 200 and health.json()["alive"] is True, health

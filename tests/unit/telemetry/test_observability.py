@@ -25,7 +25,7 @@ from replicator.logs import (
 from replicator.pipeline.service import Replicator
 from replicator.telemetry.lag import LagMonitor, LagSnapshot, PartitionLag
 from replicator.telemetry.metrics import Metrics
-from replicator.telemetry.server import start_http
+from replicator.telemetry.server import Probes, start_http
 
 SECRET = "s3-secret-value-that-must-never-show"  # a test value
 
@@ -221,17 +221,37 @@ def get(url: str) -> tuple[int, str]:
 def test_probes_answer_for_kubernetes() -> None:
     service = FakeService({"s3": True, "azure": False})
     lag = FakeLag()
-    server = start_http("127.0.0.1", 0, cast(Replicator, service), cast(LagMonitor, lag))
+    probes = Probes(service.metrics)
+    server = start_http("127.0.0.1", 0, probes)
     base = f"http://127.0.0.1:{server.server_port}"
     try:
+        # -- before the service exists: alive, not ready, and the reason
+        assert json.loads(get(f"{base}/healthz")[1]) == {"alive": True, "phase": "starting"}
+        probes.starting("waiting_for_broker", "Kafka at k:9092 does not answer: timed out")
+        assert get(f"{base}/healthz")[0] == 200
+        status, body = get(f"{base}/readyz")
+        assert (status, json.loads(body)) == (
+            503,
+            {
+                "ready": False,
+                "phase": "waiting_for_broker",
+                "reason": "Kafka at k:9092 does not answer: timed out",
+            },
+        )
+        assert "replicator_ready 0.0" in get(f"{base}/metrics")[1]
+
+        # -- the service runs
+        probes.attach(cast(Replicator, service), cast(LagMonitor, lag))
         status, body = get(f"{base}/readyz")
         assert status == 200
         assert json.loads(body) == {
             "ready": True,
+            "phase": "running",
             "broker": True,
             "stores": {"s3": True, "azure": False},
             "dead_letter": {"delivering": True, "undelivered": 0},
         }
+        assert "replicator_ready 1.0" in get(f"{base}/metrics")[1]
         # A dead-letter topic that does not acknowledge is a detail, not unreadiness.
         service.dead_letter = {"delivering": False, "undelivered": 3, "error": "e"}
         status, body = get(f"{base}/readyz")
@@ -240,12 +260,15 @@ def test_probes_answer_for_kubernetes() -> None:
         service.metrics.store_up.labels("s3").set(0)
         status, body = get(f"{base}/readyz")
         assert status == 503 and json.loads(body)["stores"] == {"s3": False, "azure": False}
+        assert json.loads(body)["reason"] == "no store accepts writes (see the store_down logs)"
         service.stores["s3"] = True  # up for the loop, but never seen answering: not ready
         assert get(f"{base}/readyz")[0] == 503
         service.metrics.store_up.labels("s3").set(1)
         lag.broker_ok = False
         status, body = get(f"{base}/readyz")
         assert status == 503 and json.loads(body)["broker"] is False
+        assert json.loads(body)["reason"].startswith("the broker does not answer")
+        assert "replicator_ready 0.0" in get(f"{base}/metrics")[1]
 
         status, body = get(f"{base}/healthz")
         assert status == 200 and json.loads(body)["alive"] is True
