@@ -8,6 +8,8 @@ Exit codes (see docs/runbook.md):
             4 refused: lag not 0 within the timeout, 5 refused: a cutover record already
             exists, 2 bad arguments or settings
   rclone-check: rclone's own (0: no difference), 2 bad settings
+  status:   0 read (whatever the stores' states), 3 Kafka unavailable, 2 bad arguments or
+            settings
 
 Every reporting command takes `--json` (the JSON report on standard output, the human summary
 on stderr) and `--output FILE` (the same bytes into FILE; `--json-report` is its older name).
@@ -16,6 +18,9 @@ Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -40,6 +45,7 @@ from replicator.ops.findings import VerifyReport, report_json
 from replicator.ops.rclone import rclone_check
 from replicator.ops.repair import run_repair
 from replicator.ops.replay import RangeRequest, resolve_times, run_replay
+from replicator.ops.status import DEFAULT_DEAD_LETTER_WINDOW, Thresholds, collect_status
 from replicator.ops.verify import VerifyOptions, run_verify
 
 TopicOpt = Annotated[list[str] | None, typer.Option("--topic", help="Only this topic (repeatable)")]
@@ -283,3 +289,85 @@ def rclone_check_command() -> None:
     typer.echo(" ".join(result.command))
     typer.echo(result.output.rstrip())
     raise typer.Exit(result.returncode)
+
+
+def status_command(
+    topic: TopicOpt = None,
+    partition: PartitionOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document (with --watch: one per line)")
+    ] = False,
+    output: OutputOpt = None,
+    watch: Annotated[
+        float | None,
+        typer.Option(min=0.5, help="Refresh every this many seconds until Ctrl-C"),
+    ] = None,
+    dead_letters: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Dead letters tallied: the last N records of each partition (0: none)"
+        ),
+    ] = DEFAULT_DEAD_LETTER_WINDOW,
+    live_records: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="A store this many records behind the end or fewer is live "
+            "(default: 2 x REPLICATOR_CHUNK_MAX_RECORDS)",
+        ),
+    ] = None,
+    live_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="... and its oldest missing record younger than this "
+            "(default: 2 x REPLICATOR_FLUSH_INTERVAL_S + 30)",
+        ),
+    ] = None,
+) -> None:
+    """Where each store stands, per partition: committed offset, lag in records and
+    seconds, last object written, catch-up state, and dead letters by reason. Reads Kafka
+    and the stores directly: works while the service is down. Exit 0, 3 Kafka unavailable."""
+    settings = load_or_exit()
+    setup_logging("WARNING", "human")
+    check_output(output)
+    default = Thresholds.from_settings(settings.chunk_max_records, settings.flush_interval_s)
+    thresholds = Thresholds(
+        live_records if live_records is not None else default.live_records,
+        live_seconds if live_seconds is not None else default.live_seconds,
+    )
+    try:
+        ctx = OpsContext.open(settings, "status")
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        while True:
+            if watch is None:
+                with CliProgress("status: dead letters read", "records") as progress:
+                    report = collect_status(
+                        ctx, topic or None, partition or None, thresholds, dead_letters, progress
+                    )
+            else:
+                report = collect_status(
+                    ctx, topic or None, partition or None, thresholds, dead_letters
+                )
+            data = report_json(report.to_json())
+            if watch is None:
+                emit_report(report.render(), data, as_json, output)
+                break
+            if output is not None:
+                output.write_bytes(data)
+            if as_json:
+                typer.echo(json.dumps(report.to_json(), sort_keys=True))
+            else:
+                if sys.stdout.isatty():
+                    typer.echo("\x1b[2J\x1b[H", nl=False)  # clear the screen
+                typer.echo(report.render())
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    finally:
+        ctx.close()
+    raise typer.Exit(report.exit_code)
