@@ -11,6 +11,7 @@ import typer
 
 from replicator.config import Settings, load_settings
 from replicator.errors import ConfigError
+from replicator.logs import register_secrets, secrets_of
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -20,11 +21,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def load_or_exit() -> Settings:
-    """The settings, or exit 2 with one line naming the bad variable (no traceback)."""
+    """The settings, or exit 2 with one line naming the bad variable (no traceback). Their
+    secret values are masked in every log line from here on."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
+    register_secrets(secrets_of(settings))
+    return settings
 
 
 JsonOpt = Annotated[
