@@ -67,7 +67,7 @@ def test_an_error_carries_type_message_and_stack_as_fields() -> None:
 def test_a_builtin_exception_type_is_its_plain_name() -> None:
     logger, out = capture(JsonFormatter())
     try:
-        {}["missing"]
+        raise KeyError("missing")
     except KeyError:
         logger.exception("oops")
     assert json.loads(out.getvalue())["exc_type"] == "KeyError"
