@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 from collections.abc import Callable
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+)
 
 from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError
@@ -34,40 +41,48 @@ def wait_for_broker(
     stop_after: float | None = None,
     waiting: Callable[[str], None] | None = None,
 ) -> AdminClient:
-    """Retry with backoff until the broker answers; report every attempt (in the log, and
-    to `waiting` with the error)."""
+    """Retry until the broker answers (waits of 1, 2, 4 ... 30 s; for ever, or until
+    `stop_after` seconds have passed); report every attempt (in the log, and to `waiting`
+    with the error)."""
     admin = AdminClient(settings.kafka_common())
-    delay = 1.0
-    started = time.monotonic()
-    while True:
-        try:
-            metadata = admin.list_topics(timeout=5)
-        except KafkaException as exc:
-            if stop_after is not None and time.monotonic() - started > stop_after:
-                raise ReplicatorError(
-                    f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}"
-                ) from None
-            if waiting is not None:
-                waiting(str(exc.args[0]))
-            log.warning(
-                "waiting_for_broker",
-                extra=fields(
-                    bootstrap=settings.kafka_bootstrap, retry_in_s=delay, error=str(exc.args[0])
-                ),
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            continue
-        missing = [
-            t for t in [*settings.topics, settings.dead_letter_topic] if t not in metadata.topics
-        ]
-        if missing:
-            raise ConfigError(
-                "topic(s) not found on the broker: "
-                + ", ".join(missing)
-                + " (create them, or fix REPLICATOR_TOPICS / REPLICATOR_DEAD_LETTER_TOPIC)"
-            )
-        return admin
+
+    def report(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        error = str(exc.args[0]) if exc is not None and exc.args else str(exc)
+        if waiting is not None:
+            waiting(error)
+        log.warning(
+            "waiting_for_broker",
+            extra=fields(
+                bootstrap=settings.kafka_bootstrap,
+                retry_in_s=state.upcoming_sleep,
+                error=error,
+            ),
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(KafkaException),
+        wait=wait_exponential(multiplier=1.0, min=1.0, max=30.0),
+        stop=stop_never if stop_after is None else stop_after_delay(stop_after),
+        before_sleep=report,
+        reraise=True,
+    )
+    try:
+        metadata = retrying(admin.list_topics, timeout=5)
+    except KafkaException as exc:
+        raise ReplicatorError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}"
+        ) from None
+    missing = [
+        t for t in [*settings.topics, settings.dead_letter_topic] if t not in metadata.topics
+    ]
+    if missing:
+        raise ConfigError(
+            "topic(s) not found on the broker: "
+            + ", ".join(missing)
+            + " (create them, or fix REPLICATOR_TOPICS / REPLICATOR_DEAD_LETTER_TOPIC)"
+        )
+    return admin
 
 
 # Generation-0 threshold of the service's garbage collector (CPython's default is 700).

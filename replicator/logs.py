@@ -1,7 +1,13 @@
 """Logging: one JSON object per line for machines, a readable line for terminals.
 
 Call sites log an event name plus fields: `log.info("chunk_written", extra=fields(store="s3", ...))`.
-Secrets never reach a log: settings are only ever logged through `Settings.printable()`.
+Secrets never reach a log: settings are only ever logged through `Settings.printable()`, and
+every line goes through `mask_secrets` on its way out (the configured secret values, and
+anything shaped like a credential: `AccountKey=`, `sig=`, `password=`, `user:pass@` in a URL),
+so a secret inside an exception's message or stack trace is masked too.
+
+An exception logged with `exc_info` becomes three fields: `exc_type` (its qualified name),
+`exc_message` and `stack` (the formatted traceback, chained causes included).
 """
 
 from __future__ import annotations
@@ -12,7 +18,11 @@ import re
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Iterable
 from typing import Any
+
+from pydantic import BaseModel, SecretStr
 
 _FIELDS = "replicator_fields"
 
@@ -94,6 +104,59 @@ class EventBudget:
         return None
 
 
+MASK = "**********"
+
+# Credentials by shape, wherever they appear: connection-string and SAS parts, key=value
+# pairs named like a secret, and the user:password part of a URL.
+_SHAPES = re.compile(
+    r"(?i)(?P<name>(?:AccountKey|SharedAccessSignature|sig|password|passwd|secret|"
+    r"secret_?key|access_?key|token|sasl\.password)\s*[=:]\s*)(?P<value>[^\s;&,'\"]+)"
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^/\s@]+)@")
+_secret_values: set[str] = set()
+_secret_lock = threading.Lock()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Secret values to mask in every log line from now on (at least 4 characters long)."""
+    with _secret_lock:
+        _secret_values.update(v for v in values if len(v) >= 4)
+
+
+def secrets_of(settings: BaseModel) -> list[str]:
+    """The values of a settings model's secret fields (`SecretStr`)."""
+    out = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            out.append(value.get_secret_value())
+    return out
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every registered secret value and every credential-shaped value masked."""
+    with _secret_lock:
+        values = sorted(_secret_values, key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    text = _SHAPES.sub(lambda m: m["name"] + MASK, text)
+    return _URL_USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
+
+
+def exception_fields(exc_info: Any) -> dict[str, str]:
+    """exc_type, exc_message and stack of a record's `exc_info` (masked by the caller)."""
+    exc_type, exc, tb = exc_info
+    name = f"{exc_type.__module__}.{exc_type.__qualname__}"
+    if exc_type.__module__ == "builtins":
+        name = exc_type.__qualname__
+    return {
+        "exc_type": name,
+        "exc_message": str(exc),
+        "stack": "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n"),
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -106,7 +169,10 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, _FIELDS, {}))
         if record.exc_info and record.exc_info[1] is not None:
             out["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
-        return json.dumps(out, default=str)
+            out.update(exception_fields(record.exc_info))
+        elif record.stack_info:
+            out["stack"] = record.stack_info
+        return mask_secrets(json.dumps(out, default=str))
 
 
 class HumanFormatter(logging.Formatter):
@@ -119,7 +185,8 @@ class HumanFormatter(logging.Formatter):
             line += "  " + tail
         if record.exc_info and record.exc_info[1] is not None:
             line += f"  error={type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
-        return line
+            line += "\n" + exception_fields(record.exc_info)["stack"]
+        return mask_secrets(line)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:

@@ -20,6 +20,7 @@ from replicator.cli.ops import (
     cutover_command,
     rclone_check_command,
     replay_command,
+    status_command,
     verify_command,
 )
 from replicator.cli.produce import produce_command
@@ -42,6 +43,9 @@ app.add_typer(
 )
 app.command("produce", help="Produce synthetic SNDS change events (optionally with bad ones).")(
     produce_command
+)
+app.command("status", short_help="Where each store stands per partition (works while down).")(
+    status_command
 )
 app.command("verify", short_help="Prove both stores hold the same data (exit 0/1/3).")(
     verify_command

@@ -9,34 +9,49 @@ Exit codes (see docs/runbook.md):
             already exists that this one cannot complete (another store retired, stores
             that differ), 2 bad arguments or settings
   rclone-check: rclone's own (0: no difference), 2 bad settings
+  status:   0 read (whatever the stores' states), 3 Kafka unavailable, 2 bad arguments or
+            settings
+
+Every reporting command takes `--json` (the JSON report on standard output, the human summary
+on stderr) and `--output FILE` (the same bytes into FILE; `--json-report` is its older name).
+Progress goes to stderr: a bar on a terminal, a line every few seconds otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from replicator.cli.common import fail, load_or_exit
+from replicator.cli.common import (
+    JsonOpt,
+    OutputOpt,
+    check_output,
+    emit_report,
+    fail,
+    load_or_exit,
+)
+from replicator.cli.progress import CliProgress
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.logs import setup_logging
-from replicator.ops.context import OpsContext, ProgressLine
+from replicator.ops.context import OpsContext
 from replicator.ops.cutover import run_cutover, run_rollback
 from replicator.ops.findings import VerifyReport, report_json
 from replicator.ops.rclone import rclone_check
 from replicator.ops.repair import run_repair
 from replicator.ops.replay import RangeRequest, resolve_times, run_replay
+from replicator.ops.status import DEFAULT_DEAD_LETTER_WINDOW, Thresholds, collect_status
 from replicator.ops.verify import VerifyOptions, run_verify
 
 TopicOpt = Annotated[list[str] | None, typer.Option("--topic", help="Only this topic (repeatable)")]
 PartitionOpt = Annotated[
     list[int] | None, typer.Option("--partition", help="Only this partition (repeatable)")
-]
-ReportOpt = Annotated[
-    Path | None, typer.Option("--json-report", help="Write the JSON report to this file")
 ]
 
 
@@ -57,11 +72,6 @@ def parse_time(text: str, option: str) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _write_json(path: Path | None, data: bytes) -> None:
-    if path is not None:
-        path.write_bytes(data)
-
-
 def verify_command(
     topic: TopicOpt = None,
     partition: PartitionOpt = None,
@@ -71,7 +81,8 @@ def verify_command(
     until: Annotated[
         str | None, typer.Option(help="Only offsets before this record time (ISO 8601, UTC)")
     ] = None,
-    json_report: ReportOpt = None,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="Fix what verify finds, then verify again")
     ] = False,
@@ -92,6 +103,7 @@ def verify_command(
     setup_logging("WARNING", "human")
     if force_overwrite and not repair:
         raise fail("--force-overwrite only makes sense with --repair", 2)
+    check_output(output)
     since_ms = parse_time(since, "--since") if since else None
     until_ms = parse_time(until, "--until") if until else None
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
@@ -111,26 +123,29 @@ def verify_command(
     try:
 
         def verify_once() -> VerifyReport:
-            with ProgressLine("verify", 0) as progress:
+            with CliProgress("verify", "partitions") as progress:
                 return run_verify(ctx, options, progress)
 
         report: VerifyReport
         if repair:
             result = run_repair(ctx, options, force_overwrite=force_overwrite, verify=verify_once)
             assert result.before is not None and result.after is not None
-            typer.echo("before repair:")
-            typer.echo(result.before.summary())
-            typer.echo(result.summary() or "nothing to repair")
-            typer.echo("after repair:")
             report = result.after
-            typer.echo(report.summary())
+            summary = "\n".join(
+                [
+                    "before repair:",
+                    result.before.summary(),
+                    result.summary() or "nothing to repair",
+                    "after repair:",
+                    report.summary(),
+                ]
+            )
             data = report.to_json()
             data["repair"] = result.to_json()
-            _write_json(json_report, report_json(data))
+            emit_report(summary, report_json(data), as_json, output)
         else:
             report = verify_once()
-            typer.echo(report.summary())
-            _write_json(json_report, report.dumps())
+            emit_report(report.summary(), report.dumps(), as_json, output)
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     finally:
@@ -161,7 +176,8 @@ def replay_command(
             help="Move a store's committed offset to the end of the range when it lies in it",
         ),
     ] = False,
-    json_report: ReportOpt = None,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """Drive an offset or time range of some partitions into one or both stores again;
     data already present is left as is (nothing is created twice). Exit 0 done,
@@ -178,6 +194,7 @@ def replay_command(
     to_ms = parse_time(to_time, "--to-time") if to_time else None
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise fail("--to-time must be after --from-time", 2)
+    check_output(output)
 
     try:
         ctx = OpsContext.open(settings, "replay")
@@ -190,15 +207,17 @@ def replay_command(
             requests = resolve_times(ctx, tps, from_ms, to_ms)
         else:
             requests = [RangeRequest(tp, from_offset, to_offset) for tp in tps]
-        report = run_replay(ctx, requests, targets, dry_run=dry_run, advance=advance_groups)
+        with CliProgress("replay", "partitions") as progress:
+            report = run_replay(
+                ctx, requests, targets, dry_run=dry_run, advance=advance_groups, progress=progress
+            )
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     except KafkaUnavailable as exc:
         raise fail(str(exc), 3) from None
     finally:
         ctx.close()
-    typer.echo(report.summary())
-    _write_json(json_report, report_json(report.to_json()))
+    emit_report(report.summary(), report_json(report.to_json()), as_json, output)
     raise typer.Exit(report.exit_code)
 
 
@@ -212,7 +231,8 @@ def cutover_command(
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Undo a cutover: write every store again")
     ] = False,
-    json_report: ReportOpt = None,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """Retire a store: wait for lag 0, verify, and only if aligned write a cutover record
     into both stores (the service then stops writing the retired store at its next start).
@@ -223,6 +243,7 @@ def cutover_command(
     setup_logging("WARNING", "human")
     if rollback == (retire is not None):
         raise fail("give either --retire STORE or --rollback", 2)
+    check_output(output)
 
     try:
         ctx = OpsContext.open(settings, "cutover")
@@ -233,20 +254,31 @@ def cutover_command(
             result = run_rollback(ctx)
         else:
             assert retire is not None
-            result = run_cutover(ctx, retire, timeout, say=typer.echo)
+            result = run_cutover(ctx, retire, timeout, say=_say(as_json))
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     finally:
         ctx.close()
-    if result.report is not None:
-        typer.echo(result.report.summary())
     if result.report_bytes is not None:
-        _write_json(json_report, result.report_bytes)
+        # The verify report of the cutover, made by this run or taken from the stores.
+        summary = result.report.summary() if result.report is not None else ""
+        emit_report(summary, result.report_bytes, as_json, output)
+    elif result.report is not None:
+        emit_report(result.report.summary(), result.report.dumps(), as_json, output)
     if result.exit_code == 0:
-        typer.echo(result.message)
+        typer.echo(result.message, err=as_json)
     else:
         typer.echo(f"error: {result.message}", err=True)
     raise typer.Exit(result.exit_code)
+
+
+def _say(as_json: bool) -> Callable[[str], None]:
+    """Where a tool's running commentary goes: stdout, or stderr when stdout is the JSON."""
+
+    def say(text: str) -> None:
+        typer.echo(text, err=as_json)
+
+    return say
 
 
 def rclone_check_command() -> None:
@@ -263,3 +295,85 @@ def rclone_check_command() -> None:
     typer.echo(" ".join(result.command))
     typer.echo(result.output.rstrip())
     raise typer.Exit(result.returncode)
+
+
+def status_command(
+    topic: TopicOpt = None,
+    partition: PartitionOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document (with --watch: one per line)")
+    ] = False,
+    output: OutputOpt = None,
+    watch: Annotated[
+        float | None,
+        typer.Option(min=0.5, help="Refresh every this many seconds until Ctrl-C"),
+    ] = None,
+    dead_letters: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Dead letters tallied: the last N records of each partition (0: none)"
+        ),
+    ] = DEFAULT_DEAD_LETTER_WINDOW,
+    live_records: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="A store this many records behind the end or fewer is live "
+            "(default: 2 x REPLICATOR_CHUNK_MAX_RECORDS)",
+        ),
+    ] = None,
+    live_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="... and its oldest missing record younger than this "
+            "(default: 2 x REPLICATOR_FLUSH_INTERVAL_S + 30)",
+        ),
+    ] = None,
+) -> None:
+    """Where each store stands, per partition: committed offset, lag in records and
+    seconds, last object written, catch-up state, and dead letters by reason. Reads Kafka
+    and the stores directly: works while the service is down. Exit 0, 3 Kafka unavailable."""
+    settings = load_or_exit()
+    setup_logging("WARNING", "human")
+    check_output(output)
+    default = Thresholds.from_settings(settings.chunk_max_records, settings.flush_interval_s)
+    thresholds = Thresholds(
+        live_records if live_records is not None else default.live_records,
+        live_seconds if live_seconds is not None else default.live_seconds,
+    )
+    try:
+        ctx = OpsContext.open(settings, "status")
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        while True:
+            if watch is None:
+                with CliProgress("status: dead letters read", "records") as progress:
+                    report = collect_status(
+                        ctx, topic or None, partition or None, thresholds, dead_letters, progress
+                    )
+            else:
+                report = collect_status(
+                    ctx, topic or None, partition or None, thresholds, dead_letters
+                )
+            data = report_json(report.to_json())
+            if watch is None:
+                emit_report(report.render(), data, as_json, output)
+                break
+            if output is not None:
+                output.write_bytes(data)
+            if as_json:
+                typer.echo(json.dumps(report.to_json(), sort_keys=True))
+            else:
+                if sys.stdout.isatty():
+                    typer.echo("\x1b[2J\x1b[H", nl=False)  # clear the screen
+                typer.echo(report.render())
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    finally:
+        ctx.close()
+    raise typer.Exit(report.exit_code)

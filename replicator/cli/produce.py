@@ -6,17 +6,19 @@ as ``python -m replicator.cli.produce``.
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from replicator.cli.common import JsonOpt, OutputOpt, check_output, emit_report
+from replicator.cli.progress import CliProgress
 from replicator.config import DEFAULT_SCHEMAS_DIR
 from replicator.devtools.produce import ProduceError, ProduceReport, produce
 from replicator.devtools.synthetic import BAD_KINDS
 from replicator.errors import ConfigError
+from replicator.ops.findings import report_json
 from replicator.schemas import PRESCRIPTIONS_TOPIC, REIMBURSEMENTS_TOPIC, SchemaRegistry
 
 app = typer.Typer(add_completion=False)
@@ -26,11 +28,6 @@ def _csv(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _progress(delivered: int, count: int | None) -> None:
-    total = f"/{count}" if count else ""
-    typer.echo(f"\rdelivered {delivered}{total}", err=True, nl=False)
 
 
 @app.command()
@@ -83,35 +80,38 @@ def produce_command(
     connect_timeout: Annotated[
         float, typer.Option("--connect-timeout", min=0.1, help="Seconds to reach the broker.")
     ] = 10.0,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
-    """Produce synthetic reimbursement and prescription change events to Kafka."""
+    """Produce synthetic reimbursement and prescription change events to Kafka. Exit 0
+    delivered, 1 not every record delivered or the broker unreachable, 2 bad arguments."""
+    check_output(output)
     try:
         registry = SchemaRegistry.load(schemas_dir)
         start = _parse_time(start_time) if start_time else None
-        report = produce(
-            {"bootstrap.servers": bootstrap},
-            _csv(topics) or [],
-            count or None,
-            rate,
-            seed,
-            bad_share,
-            _csv(bad_kinds),
-            registry,
-            _progress if sys.stderr.isatty() else None,
-            start_time=start,
-            v2_share=v2_share,
-            create_partitions=partitions,
-            connect_timeout_s=connect_timeout,
-        )
+        with CliProgress("produce", "records delivered") as progress:
+            report = produce(
+                {"bootstrap.servers": bootstrap},
+                _csv(topics) or [],
+                count or None,
+                rate,
+                seed,
+                bad_share,
+                _csv(bad_kinds),
+                registry,
+                progress.set_done,
+                start_time=start,
+                v2_share=v2_share,
+                create_partitions=partitions,
+                connect_timeout_s=connect_timeout,
+            )
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except ProduceError as exc:
-        typer.echo(("\n" if sys.stderr.isatty() else "") + f"error: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if sys.stderr.isatty():
-        typer.echo("", err=True)
-    typer.echo(summary(report, bootstrap))
+    emit_report(summary(report, bootstrap), report_json(report.to_json()), as_json, output)
     if report.failed:
         raise typer.Exit(1)
 

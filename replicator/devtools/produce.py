@@ -76,6 +76,32 @@ class ProduceReport:
     def good(self) -> int:
         return sum(self.good_per_schema.values())
 
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON values (`replicator produce --json`)."""
+        return {
+            "format": "replicator-produce-report",
+            "version": 1,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "first_error": self.first_error,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "interrupted": self.interrupted,
+            "per_topic": dict(self.per_topic),
+            "good": self.good,
+            "good_per_schema": {str(k): v for k, v in sorted(self.good_per_schema.items())},
+            "bad": self.bad,
+            "bad_per_kind": dict(sorted(self.bad_per_kind.items())),
+            "bad_records": [
+                {"topic": b.topic, "partition": b.partition, "offset": b.offset, "kind": b.kind}
+                for b in self.bad_records
+            ],
+            "end_offsets": [
+                {"topic": t, "partition": p, "end": e}
+                for (t, p), e in sorted(self.end_offsets.items())
+            ],
+        }
+
 
 def produce(
     settings_kafka_conf: dict[str, Any],

@@ -9,12 +9,10 @@ Nothing here writes to Kafka: committed offsets are read from each store's group
 from __future__ import annotations
 
 import io
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol
 
 import fastavro
 from confluent_kafka import KafkaException, Message
@@ -238,56 +236,18 @@ class OpsContext:
         return self.stores[store].read(key)
 
 
-class ProgressLine:
-    """A one-line progress display on a terminal (stderr); silent elsewhere."""
+class Progress(Protocol):
+    """Where a long operator tool reports how far it is (the command line shows it: a bar on
+    a terminal, a line every few seconds otherwise; `cli/progress.py`)."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.objects = 0
-        self._stream = stream if stream is not None else sys.stderr
-        self._enabled = self._stream.isatty()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = time.monotonic()
+    def start(self, total: int | None) -> None:
+        """The number of steps (partitions, records) the tool will take; None: unknown."""
+        ...
 
-    def count_objects(self, n: int) -> None:
-        with self._lock:
-            self.objects += n
+    def advance(self, n: int = 1) -> None:
+        """`n` more steps done."""
+        ...
 
-    def partition_done(self) -> None:
-        with self._lock:
-            self.done += 1
-
-    def __enter__(self) -> ProgressLine:
-        if self._enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._render(final=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self._render()
-
-    def _render(self, final: bool = False) -> None:
-        with self._lock:
-            done, objects = self.done, self.objects
-        width = 30
-        filled = int(width * done / self.total) if self.total else width
-        bar = "#" * filled + "-" * (width - filled)
-        elapsed = time.monotonic() - self._started
-        self._stream.write(
-            f"\r{self.label} [{bar}] {done}/{self.total} partitions, {objects:,} objects "
-            f"listed, {elapsed:.0f} s"
-        )
-        if final:
-            self._stream.write("\n")
-        self._stream.flush()
+    def count(self, what: str, n: int = 1) -> None:
+        """A side count shown beside the steps (e.g. "objects listed")."""
+        ...

@@ -40,7 +40,7 @@ from replicator.errors import ConflictError, StoreError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.keys import parse_key
 from replicator.model import TP
-from replicator.ops.context import OpsContext
+from replicator.ops.context import OpsContext, Progress
 from replicator.ops.findings import decode_object
 from replicator.stores.base import ObjectInfo, PutOutcome
 
@@ -178,20 +178,32 @@ def run_replay(
     dry_run: bool = False,
     advance: bool = False,
     extra_cuts: Mapping[TP, list[Cut]] | None = None,
+    progress: Progress | None = None,
 ) -> ReplayReport:
     report = ReplayReport(stores=list(targets), dry_run=dry_run)
+    if progress is not None:
+        progress.start(len(requests))
     for req in requests:
         part = PartitionReplay(req.tp[0], req.tp[1], (req.first, req.last))
         report.partitions.append(part)
         try:
             _replay_partition(
-                ctx, req, targets, dry_run, advance, (extra_cuts or {}).get(req.tp, []), part
+                ctx,
+                req,
+                targets,
+                dry_run,
+                advance,
+                (extra_cuts or {}).get(req.tp, []),
+                part,
+                progress,
             )
         except (KafkaUnavailable, StoreError) as exc:
             part.error = str(exc)
             part.unavailable = True
         except PlanConflict as exc:
             part.error = f"the stores disagree on cuts ({exc}): run `replicator verify`"
+        if progress is not None:
+            progress.advance()
     return report
 
 
@@ -213,6 +225,7 @@ def _replay_partition(
     advance: bool,
     extra: list[Cut],
     part: PartitionReplay,
+    progress: Progress | None = None,
 ) -> None:
     tp = req.tp
     committed = {s: c[tp] for s, c in ctx.committed([tp]).items()}
@@ -260,6 +273,8 @@ def _replay_partition(
         assert offset is not None
         last_read = offset
         part.records_read += 1
+        if progress is not None:
+            progress.count("records read")
         if record is None:
             part.bad_records += 1
         for chunk in chunker.add(offset, record, schema_id, 0.0):

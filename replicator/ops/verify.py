@@ -20,11 +20,12 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from replicator.errors import ReplicatorError, StoreError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.model import TP
-from replicator.ops.context import OpsContext, ProgressLine
+from replicator.ops.context import OpsContext, Progress
 from replicator.ops.findings import (
     DecodedObject,
     Finding,
@@ -63,7 +64,7 @@ class VerifyOptions:
 
 
 def run_verify(
-    ctx: OpsContext, options: VerifyOptions, progress: ProgressLine | None = None
+    ctx: OpsContext, options: VerifyOptions, progress: Progress | None = None
 ) -> VerifyReport:
     """The report; never raises for a store or Kafka failure (they make it 'unchecked'),
     only BadArgument for a filter naming nothing."""
@@ -84,7 +85,7 @@ def run_verify(
         report.finished_at = utc_now()
         return report
     if progress is not None:
-        progress.total = len(tps)
+        progress.start(len(tps))
     report.retired = sorted(retired_stores(list(ctx.stores.values())))
 
     def one(tp: TP) -> PartitionReport:
@@ -92,7 +93,7 @@ def run_verify(
             return _check_one(ctx, checks[tp], committed, progress)
         finally:
             if progress is not None:
-                progress.partition_done()
+                progress.advance()
 
     with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
         report.partitions = list(pool.map(one, tps))
@@ -139,11 +140,13 @@ def _check_one(
     ctx: OpsContext,
     check: PartitionCheck,
     committed: dict[str, dict[TP, int | None]],
-    progress: ProgressLine | None,
+    progress: Progress | None,
 ) -> PartitionReport:
     tp = (check.topic, check.partition)
     filtered = check.compare_from > 0 or check.until is not None
-    count: Callable[[int], None] | None = progress.count_objects if progress is not None else None
+    count: Callable[[int], None] | None = (
+        partial(progress.count, "objects listed") if progress is not None else None
+    )
     listings: dict[str, StoreListing] = {}
     try:
         for store in ctx.stores:

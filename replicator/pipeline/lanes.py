@@ -12,6 +12,8 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from tenacity import RetryCallState, Retrying, retry_if_exception
+
 from replicator.chunking import Chunk
 from replicator.container import EncodedChunk, encode_chunk
 from replicator.errors import ConflictError, StoreError
@@ -28,6 +30,11 @@ from replicator.pipeline.state import (
     log,
 )
 from replicator.stores.base import PutOutcome
+
+
+def put_backoff(attempt: int) -> float:
+    """The wait after the `attempt`-th failed put, before jitter: 0.1 s doubling up to 5 s."""
+    return min(0.1 * 2.0 ** (attempt - 1), 5.0)
 
 
 class Lanes:
@@ -89,29 +96,42 @@ class Lanes:
         lane.pending_bytes += enc.nbytes
 
     def put(self, lane: Lane, job: ChunkJob) -> PutOutcome:
-        """One create-if-absent, retried with jittered backoff while the error is transient."""
+        """One create-if-absent, retried while the error is transient: waits of 0.1 s
+        doubling up to 5 s, each jittered to 50-150 %, while the next wait ends before
+        `write_retry_s` has passed and the service is not aborting."""
         enc = job.encoded.result()
         deadline = time.monotonic() + self.settings.write_retry_s
-        delay = 0.1
-        while True:
+
+        def attempt() -> PutOutcome:
             started = time.monotonic()
             try:
                 outcome = lane.store.create_if_absent(enc.key, enc.data, enc.md5, enc.metadata)
-                self.metrics.put_seconds.labels(lane.name).observe(time.monotonic() - started)
-                self.metrics.store_last_put.labels(lane.name).set(time.time())
-                return outcome
             except StoreError as exc:
                 self.metrics.store_errors.labels(lane.name, exc.kind.value).inc()
-                stop_deadline = self.state.stop_deadline
-                if (
-                    not exc.retriable
-                    or self._abort.is_set()
-                    or time.monotonic() + delay > deadline
-                    or (stop_deadline is not None and time.monotonic() > stop_deadline)
-                ):
-                    raise
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                raise
+            self.metrics.put_seconds.labels(lane.name).observe(time.monotonic() - started)
+            self.metrics.store_last_put.labels(lane.name).set(time.time())
+            return outcome
+
+        def give_up(state: RetryCallState) -> bool:
+            # Not past write_retry_s, not aborting, and not past the shutdown's deadline (a
+            # put that cannot finish by then is abandoned, uncommitted).
+            next_wait = put_backoff(state.attempt_number)
+            stop_deadline = self.state.stop_deadline
+            now = time.monotonic()
+            return (
+                self._abort.is_set()
+                or now + next_wait > deadline
+                or (stop_deadline is not None and now > stop_deadline)
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, StoreError) and e.retriable),
+            wait=lambda state: put_backoff(state.attempt_number) * (0.5 + random.random()),
+            stop=give_up,
+            reraise=True,
+        )
+        return retrying(attempt)
 
     def reap(self, lane: Lane) -> bool:
         """Take the lane's finished puts, in order per partition: move its positions, count
