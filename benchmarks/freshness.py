@@ -134,6 +134,7 @@ def main() -> None:
             [service],
         )
         seen: dict[str, float] = {}  # key -> time in both stores
+        prefix = settings.s3_prefix + "/"  # the same for both stores here
         for rate in args.rates:
             starts = dict(ends)
             produced: list[ProduceReport] = []
@@ -151,7 +152,7 @@ def main() -> None:
             az_at: dict[str, float] = {}
             while True:
                 now = time.time()
-                s3_keys, az_keys = list_keys(stack, azure, settings.s3_prefix + "/")
+                s3_keys, az_keys = list_keys(stack, azure, prefix)
                 for key in s3_keys:
                     s3_at.setdefault(key, now)
                 for key in az_keys:
@@ -162,7 +163,7 @@ def main() -> None:
                         final[tp] = max(final.get(tp, 0), end)
                     covered = {tp: 0 for tp in final}
                     for key in set(s3_at) & set(az_at):
-                        k = parse_key(key)
+                        k = parse_key(key.removeprefix(prefix))
                         if k is not None:
                             tp = (k.topic, k.partition)
                             covered[tp] = max(covered[tp], k.last + 1)
@@ -179,7 +180,7 @@ def main() -> None:
                 if key in seen:
                     continue
                 seen[key] = max(s3_at[key], az_at[key])
-                k = parse_key(key)
+                k = parse_key(key.removeprefix(prefix))
                 if k is None:
                     continue
                 new_keys += 1
