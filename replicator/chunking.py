@@ -9,10 +9,15 @@ A replay over the same records cuts the same way, so it computes the same keys:
 Records of several writer schemas share a chunk (the container's value is a union of them,
 see `container`), so a rolling upgrade of the producers does not shatter chunks.
 
-Two cuts depend on something else and are made once, then followed by everyone:
+Three cuts depend on something else and are made once, then followed by everyone:
 
 - flush:  an open chunk older than the flush interval (wall clock) is cut, so a quiet
           partition still reaches the stores; the caller decides when (`flush`);
+- end:    the end of a burst: the partition has taken everything up to the log's end and
+          has been quiet for a while, measured against the pace its open chunk filled at
+          (`end_of_burst`); the tail of a backlog or of a burst then does not wait for the
+          flush interval, while a trickle (whose quiet spells are its normal pace) keeps
+          the timer and its objects stay as large as the flush interval allows;
 - plan:   a cut already made (an object already in a store, or a cut this process made
           earlier) is followed exactly: `CutPlan` holds them, and the chunker obeys it before
           any rule. That is how a store catching up, a restart or a new owner of the
@@ -34,6 +39,41 @@ from replicator.model import RawRecord
 
 if TYPE_CHECKING:  # the type only: chunking reads four numbers from it
     from replicator.config import Settings
+
+# The end-of-burst cut (`end_of_burst`): a partition counts as quiet after at least
+# END_QUIET_S without a record, and after END_QUIET_GAPS times the mean gap between the
+# records of its open chunk; a chunk of fewer than END_QUIET_GAPS offsets says too little
+# about its pace and waits for the flush interval.
+END_QUIET_S = 1.0
+END_QUIET_GAPS = 10
+
+
+def end_of_burst(
+    offsets: int,
+    opened_at: float,
+    last_at: float,
+    now: float,
+    position: int,
+    high_watermark: int,
+) -> bool:
+    """Whether an open chunk holding `offsets` offsets, the first taken at `opened_at`, the
+    last at `last_at` (wall clock, seconds), is cut at `now` as the end of a burst.
+
+    Yes when the partition has taken everything the broker reported (`position` at or past
+    `high_watermark`, the next offset to be written; unknown: negative, no cut) and has been
+    quiet for END_QUIET_S and for END_QUIET_GAPS mean gaps of the chunk's records. A backlog
+    read at full speed, or a burst, fills its chunk with gaps of microseconds: its tail is cut
+    one second after the last record. A trickle of r records/s reaches END_QUIET_GAPS offsets
+    after END_QUIET_GAPS/r seconds and would then need as long again without a record: at a
+    steady pace that never happens, and the flush interval cuts as before.
+
+    A broker whose high watermark lags behind its log makes the cut come early, never late:
+    it is a wall-clock cut like the flush, recorded in the cut plan and followed by every
+    store, so it is as repeatable as any other."""
+    if offsets < END_QUIET_GAPS or high_watermark < 0 or position < high_watermark:
+        return False
+    quiet = now - last_at
+    return quiet >= max(END_QUIET_S, END_QUIET_GAPS * (last_at - opened_at) / offsets)
 
 
 @dataclass(frozen=True)
@@ -64,7 +104,7 @@ class Chunk:
     records: list[RawRecord]
     schema_ids: list[int]  # the writer schema id of each record, in order
     skipped: int  # offsets covered without a record in the chunk
-    reason: str  # why it was cut: count, bytes, window, flush, plan, align, boundary
+    reason: str  # why it was cut: count, bytes, window, flush, end, plan, align, boundary
 
     @property
     def key(self) -> ChunkKey:
@@ -142,6 +182,7 @@ class PartitionChunker:
         self._schema_ids: list[int] = []
         self._window: int | None = None
         self._opened_at: float | None = None  # wall clock of the first offset in the open chunk
+        self._last_at = 0.0  # wall clock of the last offset taken
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -226,6 +267,7 @@ class PartitionChunker:
             self._schema_ids.append(schema_id)
             self._bytes += len(record.body)
         self.position = offset + 1
+        self._last_at = now
         if planned is not None:
             if offset == planned:
                 out.append(self._cut(planned, "plan"))
@@ -240,11 +282,39 @@ class PartitionChunker:
             and self.plan.end_for(self.open_first) is None
         )
 
-    def flush(self) -> Chunk | None:
-        """Cut the open chunk where it stands (the wall-clock cut, made once)."""
+    def quiet_after_burst(self, now: float) -> bool:
+        """The pure half of `end_of_burst`: whether the open chunk has been quiet long enough,
+        given that the partition is at the end of its log (the caller checks that, with the
+        high watermark it knows, only when this says yes)."""
+        return (
+            self._opened_at is not None
+            and self.plan.end_for(self.open_first) is None
+            and end_of_burst(
+                self.position - self.open_first, self._opened_at, self._last_at, now, 0, 0
+            )
+        )
+
+    def end_due(self, now: float, high_watermark: int) -> bool:
+        """Whether the open chunk is cut now as the end of a burst (`end_of_burst`)."""
+        return (
+            self._opened_at is not None
+            and self.plan.end_for(self.open_first) is None
+            and end_of_burst(
+                self.position - self.open_first,
+                self._opened_at,
+                self._last_at,
+                now,
+                self.position,
+                high_watermark,
+            )
+        )
+
+    def flush(self, reason: str = "flush") -> Chunk | None:
+        """Cut the open chunk where it stands (a wall-clock cut, made once: `flush` for the
+        flush interval, `end` for the end of a burst)."""
         if not self._has_content() or self.plan.end_for(self.open_first) is not None:
             return None
-        return self._cut(self.position - 1, "flush")
+        return self._cut(self.position - 1, reason)
 
     def cut_at_boundary(self, boundary: int) -> list[Chunk]:
         """Close everything below `boundary` (a cut another chunker already made)."""

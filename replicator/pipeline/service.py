@@ -297,10 +297,20 @@ class Replicator:
                 self.catchups.turn(lane)
         now = time.monotonic()
         for state in self.parts.values():
-            if state.ready and state.chunker.flush_due(now):
-                chunk = state.chunker.flush()
-                if chunk is not None:
-                    self.intake.dispatch_live(chunk)
+            if not state.ready:
+                continue
+            chunker = state.chunker
+            chunk = None
+            if chunker.flush_due(now):
+                chunk = chunker.flush()
+            elif chunker.quiet_after_burst(now):
+                # At the end of the log? The high watermark of the last fetch response, kept
+                # by the client (no request to the broker).
+                _low, high = consumer.get_watermark_offsets(KafkaTP(*state.tp), cached=True)
+                if chunker.end_due(now, high):
+                    chunk = chunker.flush("end")
+            if chunk is not None:
+                self.intake.dispatch_live(chunk)
         for lane in self.lanes:
             if self.puts.reap(lane):  # a copy failed: read Kafka for it
                 self.catchups.start(lane)

@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicator.chunking import Chunk, ChunkRules, CutPlan, PartitionChunker, PlanConflict
+from replicator.chunking import (
+    END_QUIET_GAPS,
+    END_QUIET_S,
+    Chunk,
+    ChunkRules,
+    CutPlan,
+    PartitionChunker,
+    PlanConflict,
+    end_of_burst,
+)
 from replicator.keys import ChunkKey
 from replicator.model import RawRecord
 
@@ -618,8 +627,8 @@ events = st.builds(
 )
 chunk_rules = st.builds(
     ChunkRules,
-    max_records=st.integers(1, 8),
-    max_bytes=st.integers(1, 100),
+    max_records=st.integers(1, 8) | st.integers(END_QUIET_GAPS, 40),
+    max_bytes=st.integers(1, 100) | st.just(BIG),
     window_ms=st.sampled_from([700, 1_000, 3_000, BIG]),
     flush_interval_s=st.sampled_from([1.0, 3.0, 8.0, 1e9]),
 )
@@ -645,15 +654,23 @@ def scenarios(draw: st.DrawFn, r: st.SearchStrategy[ChunkRules] = chunk_rules) -
 def run_with_flushes(
     s: Scenario, plan: CutPlan, upto: int | None = None
 ) -> tuple[PartitionChunker, list[Chunk]]:
-    """The live run: rules, plus wall-clock flushes whenever one is due."""
+    """The live run: rules, plus wall-clock cuts whenever one is due: the flush interval, and
+    the end of a burst (checked just before the next record arrives, the partition being at
+    the end of its log: its high watermark is the next offset)."""
     c = PartitionChunker(TOPIC, 0, s.rules, s.start, plan)
     out: list[Chunk] = []
-    for (offset, record, schema_id), now in list(zip(s.steps, s.times, strict=True))[:upto]:
+    timed = list(zip(s.steps, s.times, strict=True))[:upto]
+    for i, ((offset, record, schema_id), now) in enumerate(timed):
         out.extend(c.add(offset, record, schema_id, now))
         if c.flush_due(now + 0.5):
             flushed = c.flush()
             assert flushed is not None
             out.append(flushed)
+        before_next = (timed[i + 1][1] if i + 1 < len(timed) else now + 30.0) - 1e-3
+        if c.quiet_after_burst(before_next) and c.end_due(before_next, offset + 1):
+            ended = c.flush("end")
+            assert ended is not None
+            out.append(ended)
     return c, out
 
 
@@ -707,7 +724,7 @@ def check_chunks(s: Scenario, chunks: list[Chunk], open_first: int) -> None:
             assert chunk.reason == ("window" if window_breaks else "bytes")
             assert window_breaks or bytes_break
         else:
-            assert chunk.reason in ("count", "flush")
+            assert chunk.reason in ("count", "flush", "end")
     assert open_first == expected_first
 
 
@@ -753,3 +770,140 @@ def test_after_the_planned_region_the_rules_resume(
         chunks[len(planned) :],
         follower.open_first,
     )
+
+
+# -- end of a burst ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("offsets", "opened_at", "last_at", "now", "position", "high", "due"),
+    [
+        # a backlog read at full speed, then nothing: cut one quiet second after
+        (50_000, 100.0, 100.4, 101.4, 50_000, 50_000, True),
+        (50_000, 100.0, 100.4, 101.399, 50_000, 50_000, False),
+        # behind the log's end (records are still coming): never
+        (50_000, 100.0, 100.4, 500.0, 50_000, 50_001, False),
+        # high watermark not known yet: never
+        (50_000, 100.0, 100.4, 500.0, 50_000, -1001, False),
+        # a broker whose high watermark lags its log: early, never late
+        (50_000, 100.0, 100.4, 101.4, 50_000, 49_000, True),
+        # too few offsets to tell a burst from a trickle: the flush interval decides
+        (END_QUIET_GAPS - 1, 100.0, 100.0, 500.0, 9, 9, False),
+        (END_QUIET_GAPS, 100.0, 100.0, 101.0, 10, 10, True),
+        # a trickle of 4 records/s (40 offsets over 9.75 s): quiet for 10 of its gaps first
+        (40, 100.0, 109.75, 109.75 + 2.4, 40, 40, False),
+        (40, 100.0, 109.75, 109.75 + 10 * 9.75 / 40, 40, 40, True),
+    ],
+)
+def test_end_of_burst(
+    offsets: int,
+    opened_at: float,
+    last_at: float,
+    now: float,
+    position: int,
+    high: int,
+    due: bool,
+) -> None:
+    assert end_of_burst(offsets, opened_at, last_at, now, position, high) is due
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.floats(0.01, 100_000.0),
+    n=st.integers(1, 100_000),
+    pause_gaps=st.floats(0.0, 9.99),
+)
+def test_a_steady_pace_is_never_cut_as_a_burst(rate: float, n: int, pause_gaps: float) -> None:
+    """Records at a steady pace, then a pause shorter than 10 of their gaps (or than a
+    second): the chunk waits for the flush interval, whatever the pace and the chunk."""
+    gap = 1.0 / rate
+    last = (n - 1) * gap
+    quiet = min(pause_gaps * gap, END_QUIET_S * 0.999)
+    assert not end_of_burst(n, 0.0, last, last + quiet, n, n)
+
+
+def simulate(
+    c: PartitionChunker, arrivals: list[float], until: float, tick: float = 0.05
+) -> list[Chunk]:
+    """The service's loop over one partition: records arrive at the given times (the
+    partition at the end of its log after each), the loop turns every `tick` seconds and
+    makes the flush and end-of-burst cuts as `Replicator._turn` does."""
+    out: list[Chunk] = []
+    pending = sorted(arrivals)
+    offset = c.position
+    now = 0.0
+    while now <= until:
+        while pending and pending[0] <= now:
+            pending.pop(0)
+            out.extend(c.add(offset, rec(offset), 1, now))
+            offset += 1
+        if c.flush_due(now):
+            chunk = c.flush()
+        elif c.quiet_after_burst(now) and c.end_due(now, offset):
+            chunk = c.flush("end")
+        else:
+            chunk = None
+        if chunk is not None:
+            out.append(chunk)
+        now = round(now + tick, 6)
+    return out
+
+
+def test_a_burst_is_cut_a_quiet_second_after_its_last_record() -> None:
+    """5,000 records within 0.1 s, then silence: the tail does not wait for the flush
+    interval (here an hour)."""
+    c = chunker(rules(max_records=2_000, flush_interval_s=3600.0))
+    chunks = simulate(c, [i * 2e-5 for i in range(5_000)], until=30.0)
+    assert spans(chunks) == [
+        (0, 1_999, "count"),
+        (2_000, 3_999, "count"),
+        (4_000, 4_999, "end"),
+    ]
+    assert all_cuts(c.plan) == [(0, 1_999), (2_000, 3_999), (4_000, 4_999)]
+
+
+@pytest.mark.parametrize("rate", [0.5, 4.0, 40.0, 170.0, 2_000.0])
+def test_a_trickle_keeps_the_flush_interval(rate: float) -> None:
+    """At a steady pace (a partition's share of 6 to 24,000 records/s), every cut is the
+    flush interval's: objects hold what arrived in it, not a record each."""
+    c = chunker(rules(flush_interval_s=10.0))
+    arrivals = [i / rate for i in range(int(rate * 60))]
+    chunks = simulate(c, arrivals, until=60.0)
+    assert {ch.reason for ch in chunks} == {"flush"}
+    assert len(chunks) == 5  # cuts at 10, 20.05, ... s: one per interval
+    assert min(ch.last - ch.first + 1 for ch in chunks) >= int(rate * 10)
+
+
+def test_a_pause_in_a_trickle_after_a_burst_cuts_the_burst_only() -> None:
+    """A burst, a pause, then a trickle: the burst's chunk is cut at its end; the trickle's
+    chunks follow the flush interval."""
+    c = chunker(rules(flush_interval_s=10.0))
+    burst = [i * 1e-4 for i in range(1_000)]
+    trickle = [5.0 + i / 4 for i in range(200)]
+    chunks = simulate(c, burst + trickle, until=60.0)
+    assert spans(chunks)[0] == (0, 999, "end")
+    assert {ch.reason for ch in chunks[1:]} == {"flush"}
+
+
+def test_an_end_of_burst_cut_is_followed_by_a_replay() -> None:
+    """The end-of-burst cut depends on the wall clock: it is made once, recorded in the plan,
+    and a replay of the same records (no clock, another pace) cuts exactly there."""
+    plan = CutPlan()
+    live = chunker(rules(flush_interval_s=3600.0), plan=plan)
+    made = simulate(
+        live, [i * 1e-4 for i in range(300)] + [5.0 + i * 1e-4 for i in range(50)], 20.0
+    )
+    assert spans(made) == [(0, 299, "end"), (300, 349, "end")]
+    again = chunker(rules(flush_interval_s=3600.0), plan=plan)
+    replayed = feed(again, good(range(350)), now=0.0)
+    assert content(replayed) == content(made)
+    assert all_cuts(plan) == [(0, 299), (300, 349)]
+
+
+def test_no_end_of_burst_cut_inside_a_planned_cut() -> None:
+    """Where the plan already says where the open chunk ends, the plan decides."""
+    plan = CutPlan()
+    plan.add(0, 99)
+    c = chunker(rules(), plan=plan)
+    feed(c, good(range(50)), now=0.0)
+    assert not c.quiet_after_burst(100.0)
+    assert not c.end_due(100.0, 50)
+    assert c.flush("end") is None
