@@ -609,6 +609,7 @@ def test_metrics_and_healthz_answer_while_the_broker_does_not_and_readyz_says_wh
             "phase": "running",
             "broker": True,
             "stores": {"s3": True, "azure": True},
+            "dead_letter": {"delivering": True, "undelivered": 0},
         }
         assert "replicator_ready 1.0" in http_get(f"{base}/metrics").body.splitlines()
     finally:
