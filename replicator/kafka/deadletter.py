@@ -27,6 +27,13 @@ H_TOPIC = "dlq.origin.topic"
 H_PARTITION = "dlq.origin.partition"
 H_OFFSET = "dlq.origin.offset"
 H_TIMESTAMP = "dlq.origin.timestamp"
+# A dead letter too large for its topic goes without its value (and key): these say what it
+# was, so an audit can still match it with the source record.
+H_ORIGINAL_REASON = "dlq.original.reason"
+H_VALUE_SIZE = "dlq.value.size"
+H_VALUE_SHA256 = "dlq.value.sha256"  # hex SHA-256 of the original value
+H_KEY_SIZE = "dlq.key.size"
+H_KEY_SHA256 = "dlq.key.sha256"
 
 
 class DeadLetterError(ReplicatorError):
