@@ -31,8 +31,8 @@ import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from itertools import accumulate
+from typing import Any, NamedTuple
 
 import fastavro
 
@@ -353,7 +353,7 @@ class ContainerContents:
     schema_ids: tuple[int, ...]
     payload: bytes
     count: int
-    writer_schema: object
+    writer_schema: str | list[Any] | dict[str, Any]
 
 
 def read_container(data: bytes) -> ContainerContents:
@@ -367,7 +367,7 @@ def read_container(data: bytes) -> ContainerContents:
         parts: list[bytes] = []
         count = 0
         for block in reader:
-            parts.append(block.bytes_.getvalue())
+            parts.append(block.bytes_.getvalue())  # type: ignore[attr-defined]
             count += block.num_records
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise ValueError(f"not a readable Avro container file ({type(exc).__name__})") from None
@@ -416,7 +416,14 @@ def stored_records(contents: ContainerContents) -> list[StoredRecord]:
             schema_id = contents.schema_ids[branch] if branch < len(contents.schema_ids) else -1
             out.append(StoredRecord(offset, timestamp, key, schema_id, payload[pos:end]))
     except Exception as exc:  # fastavro raises many types on corrupt input
-        raise ValueError(
-            f"envelope {len(out)} cannot be read ({type(exc).__name__})"
-        ) from None
+        raise ValueError(f"envelope {len(out)} cannot be read ({type(exc).__name__})") from None
     return out
+
+
+def envelopes_payload(
+    records: Sequence[RawRecord], schema_ids: Sequence[int], union_ids: Sequence[int]
+) -> bytes:
+    """What a container of these records holds once its blocks are decompressed and joined
+    (its `ContainerContents.payload`), when its value union is of `union_ids`."""
+    branches = {sid: i for i, sid in enumerate(sorted(union_ids))}
+    return b"".join(_encoded_records(records, schema_ids, branches))
