@@ -205,6 +205,13 @@ class Settings(BaseSettings):
         description="Encoded bytes waiting for stores, all stores together; past it a "
         "lagging store is dropped from the live stream and catches up from Kafka",
     )
+    audit_max_memory_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description="`replicator audit`: memory for records and objects held at once, all "
+        "partitions together (shared by the partitions audited in parallel: source records "
+        "over one object's key range, the objects being compared, the consumer's queue)",
+    )
     decode_workers: int = Field(
         default=0,
         ge=0,

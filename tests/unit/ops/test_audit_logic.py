@@ -31,7 +31,6 @@ from replicator.ops.audit_logic import (
     OTHER,
     OUTSIDE,
     DeadLetter,
-    Finding,
     Holding,
     Kind,
     Klass,
@@ -71,29 +70,94 @@ def dl(s: SourceRecord, reason: str = "schema") -> DeadLetter:
 
 # ---------------------------------------------------------------------- one offset
 S = src(5)
-CASES: list[tuple[str, bool, SourceRecord | None, DeadLetter | None, dict[str, list[Holding]],
-                  Klass | None, set[tuple[Kind, str]]]] = [
+CASES: list[
+    tuple[
+        str,
+        bool,
+        SourceRecord | None,
+        DeadLetter | None,
+        dict[str, list[Holding]],
+        Klass | None,
+        set[tuple[Kind, str]],
+    ]
+] = [
     ("stored in both", False, S, None, {"a": [EQUAL], "b": [EQUAL]}, Klass.STORED, set()),
     ("in one store only", False, S, None, {"a": [EQUAL], "b": []}, None, {(Kind.MISSING, "b")}),
-    ("in none", False, S, None, {"a": [], "b": []}, None,
-     {(Kind.MISSING, "a"), (Kind.MISSING, "b")}),
+    (
+        "in none",
+        False,
+        S,
+        None,
+        {"a": [], "b": []},
+        None,
+        {(Kind.MISSING, "a"), (Kind.MISSING, "b")},
+    ),
     ("altered in one", False, S, None, {"a": [OTHER], "b": [EQUAL]}, None, {(Kind.ALTERED, "a")}),
-    ("two objects", False, S, None, {"a": [EQUAL, EQUAL], "b": [EQUAL]}, None,
-     {(Kind.DOUBLED, "a")}),
-    ("outside its key range", False, S, None, {"a": [OUTSIDE], "b": [EQUAL]}, None,
-     {(Kind.ALTERED, "a")}),
+    (
+        "two objects",
+        False,
+        S,
+        None,
+        {"a": [EQUAL, EQUAL], "b": [EQUAL]},
+        None,
+        {(Kind.DOUBLED, "a")},
+    ),
+    (
+        "outside its key range",
+        False,
+        S,
+        None,
+        {"a": [OUTSIDE], "b": [EQUAL]},
+        None,
+        {(Kind.ALTERED, "a")},
+    ),
     ("dead-lettered", False, S, dl(S), {"a": [], "b": []}, Klass.DEAD_LETTERED, set()),
-    ("dead-lettered and stored", False, S, dl(S), {"a": [EQUAL], "b": []}, None,
-     {(Kind.DOUBLED, "a")}),
-    ("dead letter of other bytes", False, S, dl(src(5, "other")), {"a": [], "b": []}, None,
-     {(Kind.ALTERED, DEAD_LETTER_PLACE)}),
+    (
+        "dead-lettered and stored",
+        False,
+        S,
+        dl(S),
+        {"a": [EQUAL], "b": []},
+        None,
+        {(Kind.DOUBLED, "a")},
+    ),
+    (
+        "dead letter of other bytes",
+        False,
+        S,
+        dl(src(5, "other")),
+        {"a": [], "b": []},
+        None,
+        {(Kind.ALTERED, DEAD_LETTER_PLACE)},
+    ),
     ("no record", False, None, None, {"a": [], "b": []}, Klass.NO_RECORD, set()),
-    ("stored, no source", False, None, None, {"a": [OTHER], "b": []}, None,
-     {(Kind.UNEXPECTED, "a")}),
-    ("dead letter, no source", False, None, dl(S), {"a": [], "b": []}, None,
-     {(Kind.UNEXPECTED, DEAD_LETTER_PLACE)}),
-    ("behind retention, nothing", True, None, None, {"a": [], "b": []},
-     Klass.BEHIND_RETENTION, set()),
+    (
+        "stored, no source",
+        False,
+        None,
+        None,
+        {"a": [OTHER], "b": []},
+        None,
+        {(Kind.UNEXPECTED, "a")},
+    ),
+    (
+        "dead letter, no source",
+        False,
+        None,
+        dl(S),
+        {"a": [], "b": []},
+        None,
+        {(Kind.UNEXPECTED, DEAD_LETTER_PLACE)},
+    ),
+    (
+        "behind retention, nothing",
+        True,
+        None,
+        None,
+        {"a": [], "b": []},
+        Klass.BEHIND_RETENTION,
+        set(),
+    ),
 ]
 
 
@@ -169,7 +233,9 @@ def build_stores(p: Mapping[str, object]) -> dict[str, dict[str, tuple[int, int,
     for store in ("a", "b"):
         contents[store] = {
             (a, b): [
-                RawRecord(o, by_offset[o].timestamp_ms, by_offset[o].key, (by_offset[o].value or b"")[5:])
+                RawRecord(
+                    o, by_offset[o].timestamp_ms, by_offset[o].key, (by_offset[o].value or b"")[5:]
+                )
                 for o in range(a, b + 1)
                 if o in by_offset and o not in dead
             ]
@@ -177,18 +243,21 @@ def build_stores(p: Mapping[str, object]) -> dict[str, dict[str, tuple[int, int,
         }
     for store, what, at in p["mut"]:  # type: ignore[attr-defined]
         objs = contents[store]
-        home = next(c for c in objs if c[0] <= at <= c[1]) if any(
-            c[0] <= at <= c[1] for c in objs
-        ) else None
+        home = (
+            next(c for c in objs if c[0] <= at <= c[1])
+            if any(c[0] <= at <= c[1] for c in objs)
+            else None
+        )
         if what == "drop" and home:
             objs[home] = [r for r in objs[home] if r.offset != at]
         elif what == "alter" and home:
-            objs[home] = [r._replace(body=body("changed")) if r.offset == at else r for r in objs[home]]
+            objs[home] = [
+                r._replace(body=body("changed")) if r.offset == at else r for r in objs[home]
+            ]
         elif what == "copy" and at in by_offset:
             s = by_offset[at]
-            objs[(at, at)] = objs.get((at, at), []) + [
-                RawRecord(at, s.timestamp_ms, s.key, (s.value or b"")[5:])
-            ]
+            extra = RawRecord(at, s.timestamp_ms, s.key, (s.value or b"")[5:])
+            objs[(at, at)] = [*objs.get((at, at), []), extra]
         elif what == "store_dead" and at in dead and home:
             s = by_offset[at]
             objs[home] = sorted(
@@ -254,8 +323,8 @@ def oracle(
 
 
 @settings(max_examples=300, deadline=None)
-@given(partitions(), st.sampled_from([1 << 62, 4096]))
-def test_sweep_matches_the_oracle(p: dict[str, object], _window: int) -> None:
+@given(partitions())
+def test_sweep_matches_the_oracle(p: dict[str, object]) -> None:
     stores = build_stores(p)
     n: int = p["n"]  # type: ignore[assignment]
     low: int = p["low"]  # type: ignore[assignment]
@@ -282,9 +351,7 @@ def test_sweep_matches_the_oracle(p: dict[str, object], _window: int) -> None:
     )
     counts, found = oracle(p, stores)
     got = {
-        (o, f.kind, f.where, f.detail)
-        for f in account.findings
-        for o in range(f.first, f.last + 1)
+        (o, f.kind, f.where, f.detail) for f in account.findings for o in range(f.first, f.last + 1)
     }
     assert got == found
     assert account.counts == counts
