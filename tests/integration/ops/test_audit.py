@@ -7,18 +7,16 @@ the audit names each finding with its offsets. Transaction markers are `no_recor
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
 from confluent_kafka import Producer
 
 from replicator.config import Settings
-from replicator.container import encode_container
+from replicator.container import encode_container, read_container, stored_records
 from replicator.keys import object_key, parse_key
 from replicator.model import TP, RawRecord
 from replicator.ops.audit import AUDIT_PREFIX, AuditOptions, run_audit
@@ -50,27 +48,11 @@ def transactions(settings: Settings, tp: TP, values: list[tuple[bytes | None, by
 
 def object_records(ctx: OpsContext, store: str, key: str) -> tuple[list[RawRecord], list[int]]:
     """The records of a stored object as the service encoded them (raw bodies)."""
-    data = ctx.read(store, key)
-    reader = fastavro.reader(io.BytesIO(data))
-    ids = [int(i) for i in reader.metadata["replicator.schema_ids"].split(",") if i]
-    records: list[RawRecord] = []
-    sids: list[int] = []
-    for item in reader:
-        assert isinstance(item, dict)
-        branch_schema = ctx.registry.get(ids[0])  # synthetic topics: one schema each
-        out = io.BytesIO()
-        fastavro.schemaless_writer(out, branch_schema.parsed, item["value"])
-        ts = item["timestamp"]
-        records.append(
-            RawRecord(
-                int(item["offset"]),
-                int(ts.timestamp() * 1000),
-                item["key"],
-                out.getvalue(),
-            )
-        )
-        sids.append(ids[0])
-    return records, sids
+    stored = stored_records(read_container(ctx.read(store, key)))
+    return (
+        [RawRecord(r.offset, r.timestamp_ms, r.key, r.body) for r in stored],
+        [r.schema_id for r in stored],
+    )
 
 
 def put_both(
@@ -168,7 +150,6 @@ def test_audit_accounts_for_every_offset_and_names_each_finding(
 
         # -- damage, identically in both stores
         cut = {tp: ranges(ctx, "s3", tp) for tp in ends}
-        recs_of: dict[str, tuple[list[RawRecord], list[int]]] = {}
         # 1. (a, 0): one record dropped
         first, last = cut[(a, 0)][2]
         recs, sids = object_records(ctx, "s3", object_key(a, 0, first, last))
@@ -185,14 +166,19 @@ def test_audit_accounts_for_every_offset_and_names_each_finding(
         recs, sids = object_records(ctx, "s3", object_key(a, 2, first, last))
         copied = recs[0].offset
         put_both(ctx, (a, 2), copied, copied, recs[:1], sids[:1])
-        recs_of["copied"] = (recs, sids)
-        # 4. (b, 0): a dead-lettered record also stored (a good record's bytes at its offset)
-        dead = min(o for (tp, o) in produced.bad if tp == (b, 0))
-        donor_key = next(
-            object_key(b, 0, f, la) for f, la in cut[(b, 0)] if f <= dead <= la
+        # 4. a dead-lettered record also stored, with its own bytes (a record that breaks
+        #    a rule: it decodes, so it can be put in a container)
+        dead_tp, dead = min(
+            (tp, o)
+            for (tp, o), kind in produced.bad_kinds.items()
+            if kind in ("invalid_value", "direct_identifier")
         )
-        recs, sids = object_records(ctx, "s3", donor_key)
-        put_both(ctx, (b, 0), dead, dead, [recs[0]._replace(offset=dead)], sids[:1])
+        msg = ctx.kafka.read_one(dead_tp, dead)
+        assert msg is not None and msg.offset() == dead
+        value = msg.value() or b""
+        ts = msg.timestamp()[1]
+        own = RawRecord(dead, ts, msg.key(), value[5:])
+        put_both(ctx, dead_tp, dead, dead, [own], [int.from_bytes(value[1:5], "big")])
 
         damaged = run_audit(ctx, AuditOptions(write_manifest=False))
     assert damaged.exit_code == 1
@@ -203,8 +189,8 @@ def test_audit_accounts_for_every_offset_and_names_each_finding(
         ("altered", a, 1, "azure", changed, changed),
         ("doubled", a, 2, "s3", copied, copied),
         ("doubled", a, 2, "azure", copied, copied),
-        ("doubled", b, 0, "s3", dead, dead),
-        ("doubled", b, 0, "azure", dead, dead),
+        ("doubled", *dead_tp, "s3", dead, dead),
+        ("doubled", *dead_tp, "azure", dead, dead),
     }
     details = {(f.kind.value, f.detail) for p in damaged.partitions for f in p.findings}
     assert ("doubled", "stored and dead-lettered") in details
