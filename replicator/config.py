@@ -21,6 +21,7 @@ from replicator.errors import ConfigError
 from replicator.logs import KAFKA_LOGGER
 
 StoreName = Literal["s3", "azure"]
+RESERVED_FOLDERS = frozenset({"_cutover", "_audit"})  # store folders that are not topics
 
 DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -255,6 +256,16 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("topics", mode="after")
+    @classmethod
+    def _not_reserved(cls, value: list[str]) -> list[str]:
+        # The stores' reserved folders (the cutover record, the audit's manifests) sit
+        # beside the topics' folders: a topic of the same name would mix with them.
+        reserved = [t for t in value if t in RESERVED_FOLDERS]
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: reserved name(s), not a topic to replicate")
+        return value
 
     @model_validator(mode="after")
     def _check_stores(self) -> Settings:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,14 @@ from tests.support.ops import cli, ops, ranges, replace, replicate
 from tests.support.produce import produce_records
 
 pytestmark = pytest.mark.integration
+
+# Step 3 of "The auditor's check" (docs/runbook.md): the `avro` package, no code of ours.
+AVRO_CHECK = """import sys
+from avro.datafile import DataFileReader
+from avro.io import DatumReader
+rs = list(DataFileReader(open(sys.argv[1], "rb"), DatumReader()))
+print(len(rs), "records, offsets", rs[0]["offset"] if rs else "-", "to", rs[-1]["offset"] if rs else "-")
+"""
 
 
 def transactions(settings: Settings, tp: TP, values: list[tuple[bytes | None, bytes]]) -> None:
@@ -141,6 +151,35 @@ def test_audit_accounts_for_every_offset_and_names_each_finding(
             assert o["sha256"] == hashlib.sha256(body).hexdigest()
             assert o["md5"] == hashlib.md5(body).hexdigest()
             assert o["size"] == len(body)
+        # the auditor's check of docs/runbook.md, with sha256sum and the avro package only
+        sample = objects[len(objects) // 2]
+        (tmp_path / "object.avro").write_bytes(ctx.read(sample["store"], sample["key"]))
+        checked = subprocess.run(
+            ["sha256sum", "-c", "-"],
+            input=f"{sample['sha256']}  object.avro\n",
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0 and "object.avro: OK" in checked.stdout
+        read_back = subprocess.run(
+            [sys.executable, "-c", AVRO_CHECK, "object.avro"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert read_back.stdout.split() == [
+            str(sample["records"]),
+            "records,",
+            "offsets",
+            *read_back.stdout.split()[3:4],
+            "to",
+            *read_back.stdout.split()[5:6],
+        ], read_back.stderr
+        first_seen, last_seen = int(read_back.stdout.split()[3]), int(read_back.stdout.split()[5])
+        assert sample["first_offset"] <= first_seen <= last_seen <= sample["last_offset"]
         # the same audit again: the same bytes, found already there
         again = run_audit(ctx, AuditOptions())
         assert again.manifest() == data

@@ -10,9 +10,12 @@ import json
 from collections.abc import Mapping, Sequence
 
 import fastavro
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from replicator.config import Settings
 from replicator.container import encode_container, read_container, stored_records
 from replicator.kafka.deadletter import (
     H_KEY_SHA256,
@@ -362,3 +365,9 @@ def test_sweep_matches_the_oracle(p: dict[str, object]) -> None:
     assert len(account.objects) == len(reads)
     if not p["mut"]:
         assert not account.findings
+
+
+def test_a_reserved_folder_is_not_a_topic() -> None:
+    for name in ("_audit", "_cutover"):
+        with pytest.raises(ValidationError, match="reserved name"):
+            Settings(kafka_bootstrap="k:9092", topics=["a", name], stores=["s3"], s3_bucket="b")
