@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from replicator.config import Settings
-from replicator.container import encode_container, read_container, stored_records
+from replicator.container import (
+    encode_container,
+    encode_envelope,
+    read_container,
+    stored_records,
+)
 from replicator.kafka.deadletter import (
     H_KEY_SHA256,
     H_OFFSET,
@@ -44,6 +49,9 @@ from replicator.ops.audit_logic import (
     classify,
     dead_letter_origin,
     sha256_hex,
+    source_batches,
+    wire_payload,
+    wire_payload_py,
 )
 
 SCHEMA = json.dumps({"type": "record", "name": "E", "fields": [{"name": "v", "type": "string"}]})
@@ -224,7 +232,16 @@ def partitions(draw: st.DrawFn) -> dict[str, object]:
             max_size=3,
         )
     )
-    return {"n": n, "low": low, "source": source, "dead": dead, "cuts": cuts, "mut": mutations}
+    batch = draw(st.integers(1, 12))  # how the Kafka read cuts the source into batches
+    return {
+        "n": n,
+        "low": low,
+        "source": source,
+        "dead": dead,
+        "cuts": cuts,
+        "mut": mutations,
+        "batch": batch,
+    }
 
 
 def build_stores(p: Mapping[str, object]) -> dict[str, dict[str, tuple[int, int, bytes]]]:
@@ -348,7 +365,7 @@ def test_sweep_matches_the_oracle(p: dict[str, object]) -> None:
         n,
         low,
         refs,
-        iter([s for s in source if s.offset >= low]),
+        source_batches([s for s in source if s.offset >= low], p["batch"]),  # type: ignore[arg-type]
         p["dead"],  # type: ignore[arg-type]
         read,
     )
@@ -371,3 +388,70 @@ def test_a_reserved_folder_is_not_a_topic() -> None:
     for name in ("_audit", "_cutover"):
         with pytest.raises(ValidationError, match="reserved name"):
             Settings(kafka_bootstrap="k:9092", topics=["a", name], stores=["s3"], s3_bucket="b")
+
+
+@st.composite
+def columns(
+    draw: st.DrawFn,
+) -> tuple[list[int], list[int], list[bytes | None], list[bytes | None], dict[int, int]]:
+    n = draw(st.integers(0, 12))
+    offsets = sorted(draw(st.sets(st.integers(0, 1 << 40), min_size=n, max_size=n)))
+    stamps = draw(st.lists(st.integers(-(1 << 50), 1 << 50), min_size=n, max_size=n))
+    keys = draw(st.lists(st.one_of(st.none(), st.binary(max_size=200)), min_size=n, max_size=n))
+    ids = draw(st.lists(st.integers(0, (1 << 32) - 1), min_size=1, max_size=4))
+    value = st.one_of(
+        st.builds(
+            lambda sid, b: b"\x00" + sid.to_bytes(4, "big") + b,
+            st.sampled_from([*ids, 99]),
+            st.binary(max_size=300),
+        ),
+        st.none(),
+        st.binary(max_size=6),  # not the wire format (or an empty body)
+    )
+    values = draw(st.lists(value, min_size=n, max_size=n))
+    branches = {sid: b for b, sid in enumerate(sorted(ids))}
+    return offsets, stamps, keys, values, branches
+
+
+@settings(max_examples=400, deadline=None)
+@given(columns(), st.integers(0, 13), st.integers(0, 13), st.sets(st.integers(0, 12)))
+def test_the_compiled_payload_is_the_python_one(
+    cols: tuple[list[int], list[int], list[bytes | None], list[bytes | None], dict[int, int]],
+    start: int,
+    end: int,
+    dead_at: set[int],
+) -> None:
+    """wire_payload (C) makes the bytes of wire_payload_py, and both are the envelopes
+    container.encode_envelope makes of the records not skipped."""
+    offsets, stamps, keys, values, branches = cols
+    skip = {
+        offsets[i]: dl(SourceRecord(offsets[i], 0, None, None)) for i in dead_at if i < len(offsets)
+    }
+    made = wire_payload(offsets, stamps, keys, values, start, end, skip, branches)
+    assert made == wire_payload_py(offsets, stamps, keys, values, start, end, skip, branches)
+    kept = [i for i in range(start, min(end, len(offsets))) if offsets[i] not in skip]
+    storable = all(
+        (v := values[i]) is not None
+        and len(v) >= 5
+        and v[0] == 0
+        and int.from_bytes(v[1:5], "big") in branches
+        for i in kept
+    )
+    if not storable:
+        assert made is None
+        return
+    assert made == (
+        b"".join(
+            encode_envelope(
+                offsets[i],
+                stamps[i],
+                keys[i],
+                (values[i] or b"")[5:],
+                branches[int.from_bytes((values[i] or b"")[1:5], "big")],
+            )
+            for i in kept
+        ),
+        len(kept),
+        stamps[kept[0]] if kept else None,
+        stamps[kept[-1]] if kept else None,
+    )
