@@ -266,10 +266,13 @@ def run_audit(ctx: OpsContext, options: AuditOptions) -> AuditReport:
     share = ctx.settings.audit_max_memory_bytes // concurrency
     try:
         tps = ctx.targets(options.topics, options.partitions)
-        dead = read_dead_letters(ctx, set(tps), report)
+        dead_tps = _dead_letter_partitions(ctx)
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             listed = dict(zip(tps, pool.map(lambda tp: _list(ctx, stores, tp), tps), strict=True))
-        ranges = _ranges(ctx, tps, listed, options)
+        # Both topics' ends in one read (finding each real end waits for a quiet moment once).
+        ends = ctx.kafka.ends([*tps, *dead_tps])
+        dead = read_dead_letters(ctx, dead_tps, ends, set(tps), report)
+        ranges = _ranges(ctx, tps, listed, options, ends)
 
         def one(tp: TP) -> PartitionAccount:
             return _audit_one(ctx, tp, ranges[tp], listed[tp], dead.get(tp, {}), share, report)
@@ -299,10 +302,10 @@ def _ranges(
     tps: list[TP],
     listed: dict[TP, dict[str, list[tuple[str, int]]] | StoreError],
     options: AuditOptions,
+    ends: dict[TP, int],
 ) -> dict[TP, tuple[int, int, int, int]]:
     """(lo, hi, low, end) per partition: the audited offsets [lo, hi), the first retained
-    offset and the real end of the partition."""
-    ends = ctx.kafka.ends(tps)
+    offset and the real end of the partition (`ends`: read after the stores were listed)."""
     out: dict[TP, tuple[int, int, int, int]] = {}
     for tp in tps:
         low, end = ctx.kafka.low(tp), ends[tp]
@@ -338,22 +341,24 @@ def _ranges(
     return out
 
 
-def read_dead_letters(
-    ctx: OpsContext, wanted: set[TP], report: AuditReport
-) -> dict[TP, dict[int, DeadLetter]]:
-    """The dead-letter topic read once, indexed by origin; counts in `report.dead_letters`."""
+def _dead_letter_partitions(ctx: OpsContext) -> list[TP]:
     topic = ctx.settings.dead_letter_topic
+    try:
+        return [(topic, p) for p in ctx.kafka.partitions(topic)]
+    except KafkaUnavailable as exc:
+        if "not found" in str(exc):
+            return []  # no dead-letter topic: no dead letter
+        raise
+
+
+def read_dead_letters(
+    ctx: OpsContext, tps: list[TP], ends: dict[TP, int], wanted: set[TP], report: AuditReport
+) -> dict[TP, dict[int, DeadLetter]]:
+    """The dead-letter topic's partitions `tps` read once up to `ends`, indexed by origin;
+    counts in `report.dead_letters`."""
     counts = {"records": 0, "indexed": 0, "without_origin": 0, "other_partitions": 0}
     report.dead_letters = counts
     out: dict[TP, dict[int, DeadLetter]] = {}
-    try:
-        parts = ctx.kafka.partitions(topic)
-    except KafkaUnavailable as exc:
-        if "not found" in str(exc):
-            return out  # no dead-letter topic: no dead letter
-        raise
-    tps = [(topic, p) for p in parts]
-    ends = ctx.kafka.ends(tps)
     starts = {tp: ctx.kafka.low(tp) for tp in tps}
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     for msg in _consume(ctx, todo, starts, ctx.settings.audit_max_memory_bytes):
