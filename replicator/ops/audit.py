@@ -37,6 +37,7 @@ from replicator.errors import ReplicatorError, StoreError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.model import TP
 from replicator.ops.audit_logic import (
+    DEAD_LETTER_ENTRY_BYTES,
     DeadLetter,
     ObjectRef,
     PartitionAccount,
@@ -263,7 +264,7 @@ def run_audit(ctx: OpsContext, options: AuditOptions) -> AuditReport:
         retired=retired,
     )
     concurrency = max(1, options.concurrency)
-    share = ctx.settings.audit_max_memory_bytes // concurrency
+    budget = ctx.settings.audit_max_memory_bytes
     try:
         tps = ctx.targets(options.topics, options.partitions)
         dead_tps = _dead_letter_partitions(ctx)
@@ -271,15 +272,17 @@ def run_audit(ctx: OpsContext, options: AuditOptions) -> AuditReport:
             listed = dict(zip(tps, pool.map(lambda tp: _list(ctx, stores, tp), tps), strict=True))
         # Both topics' ends in one read (finding each real end waits for a quiet moment once).
         ends = ctx.kafka.ends([*tps, *dead_tps])
-        dead = read_dead_letters(ctx, dead_tps, ends, set(tps), report)
+        dead, held = read_dead_letters(ctx, dead_tps, ends, set(tps), report, budget // 2)
         ranges = _ranges(ctx, tps, listed, options, ends)
+        # The partitions audited at once share what the dead-letter index leaves.
+        share = (budget - held) // concurrency
 
         def one(tp: TP) -> PartitionAccount:
             return _audit_one(ctx, tp, ranges[tp], listed[tp], dead.get(tp, {}), share, report)
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             report.partitions = list(pool.map(one, tps))
-    except KafkaUnavailable as exc:
+    except (KafkaUnavailable, DeadLettersTooMany) as exc:
         report.error = str(exc)
     report.elapsed_s = time.monotonic() - t0
     report.finished_at = utc_now()
@@ -351,14 +354,26 @@ def _dead_letter_partitions(ctx: OpsContext) -> list[TP]:
         raise
 
 
+class DeadLettersTooMany(ReplicatorError):
+    """The dead letters of the audited partitions need more memory than the bound allows."""
+
+
 def read_dead_letters(
-    ctx: OpsContext, tps: list[TP], ends: dict[TP, int], wanted: set[TP], report: AuditReport
-) -> dict[TP, dict[int, DeadLetter]]:
-    """The dead-letter topic's partitions `tps` read once up to `ends`, indexed by origin;
-    counts in `report.dead_letters`."""
+    ctx: OpsContext,
+    tps: list[TP],
+    ends: dict[TP, int],
+    wanted: set[TP],
+    report: AuditReport,
+    limit: int,
+) -> tuple[dict[TP, dict[int, DeadLetter]], int]:
+    """The dead-letter topic's partitions `tps` read once up to `ends`, indexed by origin
+    (only origins in `wanted`), and the index's bytes; counts in `report.dead_letters`.
+    DeadLettersTooMany past `limit` bytes (DEAD_LETTER_ENTRY_BYTES and the reason string
+    per dead-lettered offset): fewer partitions at a time, or more memory."""
     counts = {"records": 0, "indexed": 0, "without_origin": 0, "other_partitions": 0}
     report.dead_letters = counts
     out: dict[TP, dict[int, DeadLetter]] = {}
+    held = 0
     starts = {tp: ctx.kafka.low(tp) for tp in tps}
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     for msg in _consume(ctx, todo, starts, ctx.settings.audit_max_memory_bytes):
@@ -372,8 +387,15 @@ def read_dead_letters(
             counts["other_partitions"] += 1
             continue
         counts["indexed"] += 1
-        add_dead_letter(out.setdefault(origin, {}), offset, entry)
-    return out
+        held += add_dead_letter(out.setdefault(origin, {}), offset, entry)
+        if held > limit:
+            raise DeadLettersTooMany(
+                f"the dead-letter topic names more offsets of the audited partitions than "
+                f"half of audit_max_memory_bytes ({limit * 2}) can index (about "
+                f"{DEAD_LETTER_ENTRY_BYTES} bytes each): audit fewer partitions at a time "
+                "(--topic, --partition) or raise the setting"
+            )
+    return out, held
 
 
 Msg = tuple[TP, int, bytes | None, bytes | None, Any, int]  # tp, offset, key, value, headers, ts

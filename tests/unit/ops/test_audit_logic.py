@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
+import tracemalloc
 from collections.abc import Mapping, Sequence
 
 import fastavro
@@ -34,6 +36,7 @@ from replicator.kafka.deadletter import (
 from replicator.keys import object_key
 from replicator.model import RawRecord
 from replicator.ops.audit_logic import (
+    DEAD_LETTER_ENTRY_BYTES,
     DEAD_LETTER_PLACE,
     EQUAL,
     OTHER,
@@ -455,3 +458,32 @@ def test_the_compiled_payload_is_the_python_one(
         stamps[kept[0]] if kept else None,
         stamps[kept[-1]] if kept else None,
     )
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.text(max_size=300)), min_size=1, max_size=300))
+def test_the_dead_letter_index_costs_at_most_what_it_counts(
+    entries: list[tuple[int, str]],
+) -> None:
+    """The memory bound of the dead-letter index (DEAD_LETTER_ENTRY_BYTES and the reason
+    string per offset, nothing for a resend) is an upper bound of what it holds."""
+    made = [
+        DeadLetter(reason, sha256_hex(b"k%d" % o), sha256_hex(b"v%d" % o), TS0 + o)
+        for o, reason in entries
+    ]
+    index: dict[int, DeadLetter] = {}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        counted = sum(add_dead_letter(index, o, d) for (o, _), d in zip(entries, made, strict=True))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert counted == sum(DEAD_LETTER_ENTRY_BYTES + sys.getsizeof(d.reason) for d in index.values())
+    assert sum(d.copies for d in index.values()) == len(entries)
+    # what the entries themselves hold (made before the index, as the reader makes them)
+    held = sum(
+        sys.getsizeof(d) + sys.getsizeof(d.reason) + 2 * sys.getsizeof(d.key_sha256) + 32 + 28
+        for d in index.values()
+    )
+    assert grown + held <= counted
