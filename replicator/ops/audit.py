@@ -418,8 +418,6 @@ def _consume(
                 batch = consumer.consume(num_messages=2000, timeout=0.1)
             except KafkaException as exc:
                 raise KafkaUnavailable(f"kafka: read failed: {exc}") from None
-            if batch:
-                idle_until = time.monotonic() + _IDLE_S
             for msg in batch:
                 err = msg.error()
                 if err is not None:
@@ -435,6 +433,10 @@ def _consume(
                 yield tp, offset, msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]
                 if offset + 1 >= stop:
                     del left[tp]
+            if batch:
+                # counted from here: the time the caller spent on these records is no
+                # silence of the broker's
+                idle_until = time.monotonic() + _IDLE_S
     finally:
         consumer.close()
 
@@ -475,7 +477,6 @@ def _source(ctx: OpsContext, tp: TP, start: int, stop: int, memory: int) -> Iter
                 raise KafkaUnavailable(f"kafka: read failed: {exc}") from None
             if not batch:
                 continue
-            idle_until = time.monotonic() + _IDLE_S
             if any(map(Message.error, batch)):
                 kept: list[Message] = []
                 for msg in batch:
@@ -501,6 +502,9 @@ def _source(ctx: OpsContext, tp: TP, start: int, stop: int, memory: int) -> Iter
                 )
             if cut or (offsets and offsets[-1] + 1 >= stop):
                 return
+            # counted from here: the time the caller spent comparing (store reads, a slow
+            # machine) is no silence of the broker's, so never the end of the partition
+            idle_until = time.monotonic() + _IDLE_S
     finally:
         consumer.close()
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from replicator.config import Settings
 from replicator.container import encode_container, read_container, stored_records
 from replicator.keys import object_key, parse_key
 from replicator.model import TP, RawRecord
+from replicator.ops import audit as audit_module
 from replicator.ops.audit import AUDIT_PREFIX, AuditOptions, run_audit
 from replicator.ops.context import OpsContext
 from tests.support.ops import cli, ops, ranges, replace, replicate
@@ -298,3 +300,35 @@ def test_verify_records_runs_the_audit_after_the_store_check(
         ]
     ), damaged.stdout
     assert lines[-1] == "result: FINDINGS: 4 range(s) not accounted for (exit 1)", damaged.stdout
+
+
+def test_a_slow_store_does_not_end_the_source_read_early(
+    stack: Any, settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source read ends after a silence of the broker (offsets without a record at the
+    end); time spent reading objects between two batches is no such silence: with store
+    reads slower than that silence, every offset is still accounted for."""
+    settings = settings_factory(chunk_max_records=40)
+    produced = produce_records(settings, count=400, bad_share=0.02, seed=1415)
+    replicate(settings, produced.ends)
+    monkeypatch.setattr(audit_module, "_IDLE_S", 0.2)
+    monkeypatch.setattr(audit_module, "_BATCH", 7)  # many batches, a read between them
+    with ops(settings) as ctx:
+        fast_read = ctx.read
+
+        def slow_read(store: str, key: str) -> bytes:
+            time.sleep(0.3)  # longer than the silence that ends a partition
+            return fast_read(store, key)
+
+        monkeypatch.setattr(ctx, "read", slow_read)
+        report = run_audit(ctx, AuditOptions(write_manifest=False, concurrency=4))
+    assert report.status == "clean", report.summary()
+    bad = len(produced.bad)
+    assert report.totals() == {
+        "behind_retention": 0,
+        "dead_letter_resends": 0,
+        "dead_lettered": bad,
+        "findings": 0,
+        "no_record": 0,
+        "stored": sum(produced.ends.values()) - bad,
+    }
