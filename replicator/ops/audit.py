@@ -61,7 +61,12 @@ EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_UNCHECKED = 3
 _FETCH_QUEUE_BACKOFF_MS = 20  # librdkafka's 1000 ms default idles a consumer that drains fast
-_IDLE_S = 3.0  # nothing more for this long: the offsets left have no record (markers)
+# A partition's read ends at its end offset: at its last record, or, when the last offsets
+# hold no record (transaction markers), once the consumer's position has passed them. A
+# silence of the broker is never taken for the end: after _STALL_S of it below the end, the
+# partition could not be audited (exit 3), never a false `missing`.
+_IDLE_S = 3.0  # a silence this long: the position is checked, and then again every _IDLE_S
+_STALL_S = 60.0
 _BATCH = 10_000  # records per consume() call at most (the queue's bytes bound them too)
 
 
@@ -401,23 +406,40 @@ def read_dead_letters(
 Msg = tuple[TP, int, bytes | None, bytes | None, Any, int]  # tp, offset, key, value, headers, ts
 
 
+def _passed(consumer: Consumer, left: dict[TP, int], quiet_since: float) -> None:
+    """After a silence: drop from `left` the partitions whose position has passed their
+    stop (the offsets left hold no record); KafkaUnavailable after _STALL_S of silence."""
+    positions = consumer.position([TopicPartition(t, p) for t, p in left])
+    for tpo in positions:
+        tp = (tpo.topic, tpo.partition)
+        if tp in left and tpo.offset >= left[tp]:
+            del left[tp]
+    if left and time.monotonic() - quiet_since >= _STALL_S:
+        where = ", ".join(f"{t}/{p} below offset {o}" for (t, p), o in sorted(left.items()))
+        raise KafkaUnavailable(f"kafka: no record for {_STALL_S:.0f} s from {where}")
+
+
 def _consume(
     ctx: OpsContext, stops: dict[TP, int], starts: dict[TP, int], memory: int
 ) -> Iterator[Msg]:
     """The records of each partition from `starts[tp]` until offset `stops[tp]` (exclusive)
-    is reached, or nothing arrives for a while (offsets without a record at the end)."""
+    is reached (see _STALL_S)."""
     if not stops:
         return
     consumer = _consumer(ctx, memory)
     try:
         consumer.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in stops])
-        left = dict(stops)
-        idle_until = time.monotonic() + _IDLE_S
-        while left and time.monotonic() < idle_until:
+        left = {tp: stop for tp, stop in stops.items() if stop > starts[tp]}
+        quiet_since = time.monotonic()
+        while left:
             try:
                 batch = consumer.consume(num_messages=2000, timeout=0.1)
             except KafkaException as exc:
                 raise KafkaUnavailable(f"kafka: read failed: {exc}") from None
+            if not batch:
+                if time.monotonic() - quiet_since >= _IDLE_S:
+                    _passed(consumer, left, quiet_since)
+                continue
             for msg in batch:
                 err = msg.error()
                 if err is not None:
@@ -433,10 +455,9 @@ def _consume(
                 yield tp, offset, msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]
                 if offset + 1 >= stop:
                     del left[tp]
-            if batch:
-                # counted from here: the time the caller spent on these records is no
-                # silence of the broker's
-                idle_until = time.monotonic() + _IDLE_S
+            # counted from here: the time the caller spent on these records is no silence
+            # of the broker's
+            quiet_since = time.monotonic()
     finally:
         consumer.close()
 
@@ -462,20 +483,25 @@ def _consumer(ctx: OpsContext, memory: int) -> Consumer:
 
 
 def _source(ctx: OpsContext, tp: TP, start: int, stop: int, memory: int) -> Iterator[SourceBatch]:
-    """The records of one partition from `start` until offset `stop` (exclusive) is reached,
-    or nothing arrives for a while (offsets without a record at the end), as columns: each
+    """The records of one partition from `start` until offset `stop` (exclusive) is reached
+    (see _STALL_S), as columns: each
     consume() call's records become four lists in C-level loops (`map` over the Message
     methods), never one Python object per record."""
+    if start >= stop:
+        return
     consumer = _consumer(ctx, memory)
     try:
         consumer.assign([TopicPartition(tp[0], tp[1], start)])
-        idle_until = time.monotonic() + _IDLE_S
-        while time.monotonic() < idle_until:
+        left = {tp: stop}
+        quiet_since = time.monotonic()
+        while left:
             try:
                 batch = consumer.consume(num_messages=_BATCH, timeout=0.1)
             except KafkaException as exc:
                 raise KafkaUnavailable(f"kafka: read failed: {exc}") from None
             if not batch:
+                if time.monotonic() - quiet_since >= _IDLE_S:
+                    _passed(consumer, left, quiet_since)
                 continue
             if any(map(Message.error, batch)):
                 kept: list[Message] = []
@@ -503,8 +529,8 @@ def _source(ctx: OpsContext, tp: TP, start: int, stop: int, memory: int) -> Iter
             if cut or (offsets and offsets[-1] + 1 >= stop):
                 return
             # counted from here: the time the caller spent comparing (store reads, a slow
-            # machine) is no silence of the broker's, so never the end of the partition
-            idle_until = time.monotonic() + _IDLE_S
+            # machine) is no silence of the broker's
+            quiet_since = time.monotonic()
     finally:
         consumer.close()
 
