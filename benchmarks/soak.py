@@ -12,7 +12,8 @@ kill -9 of the service (restarted at once). Each fault lasts a third of the peri
 Every `--sample` seconds it prints the service's RSS (MiB, summed over restarts: the current
 process), and at the end: RSS after warm-up (first 20 % of the run, and after each restart the
 first 30 s are skipped), its first and last quartile medians and the slope in MiB per hour,
-then the independent checker's lost / doubled / divergent counts, how long the check took and
+then the independent checker's lost / doubled / divergent counts and the product's audit
+against Kafka (`replicator audit`, which must be clean), how long the check took and
 this process's peak RSS during it. The check streams: Kafka is read into an 8-byte digest per
 record (with its offset: 16 bytes a record, plus 2 bytes of flags), the stores one object at a
 time, so a 30-minute run (millions of records) is checked in tens of MiB, not gigabytes. Exit 1
@@ -37,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replicator.config import Settings
 from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
+from replicator.ops.audit import AuditOptions, run_audit
+from replicator.ops.context import OpsContext
 from tests.support.checker import (
     StreamingCheck,
     digest_topics,
@@ -275,7 +278,14 @@ def main() -> int:
             f" {peak.start / 2**20:.0f} MiB before it, peak {peak.peak / 2**20:.0f} MiB during it",
             flush=True,
         )
-        failed = bool(lost or doubled or differ or growth > args.max_growth_mib)
+        # The final check against the source, record by record: the product's audit.
+        started_audit = time.monotonic()
+        with OpsContext.open(settings, "audit") as ctx:
+            audit = run_audit(ctx, AuditOptions(concurrency=2))
+        print(f"audit ({time.monotonic() - started_audit:.0f} s): " + audit.summary(), flush=True)
+        failed = bool(
+            lost or doubled or differ or growth > args.max_growth_mib or audit.exit_code != 0
+        )
         return 1 if failed else 0
     finally:
         if service is not None and service.alive():

@@ -11,6 +11,8 @@ workload over both topics with the project's own schemas, then measures:
 - catch-up: the same, with one store stopped during the first half and restarted while
   live records flow (--live-rate, until it has caught up); the time the stopped store then
   needs to hold everything, live records included, and its rate;
+- audit: `replicator audit` over everything replicated (Kafka, both stores and the
+  dead-letter topic read once, every offset accounted for), with its peak RSS;
 - replay: one store's group reset to the beginning; the time until it has driven the whole
   workload again (nothing new is created), and its rate.
 
@@ -34,6 +36,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,7 +56,7 @@ from replicator.devtools.produce import ProduceReport, produce
 from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
 from replicator.model import TP
 from replicator.schemas import SchemaRegistry
-from tests.support.service import Progress, Service
+from tests.support.service import Progress, Service, settings_env
 
 
 @dataclass
@@ -315,13 +318,40 @@ def reset_group(stack: LocalStack, group: str, ends: dict[TP, int]) -> None:
         fut.result(timeout=10)
 
 
+def run_audit_cli(settings: Settings, manifest: Path) -> tuple[float, float, str]:
+    """`replicator audit` as an operator runs it: (seconds, peak RSS MiB, its verdict)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
+    env.update(settings_env(settings))
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "replicator", "audit", "--json", "--manifest", str(manifest)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    handle = psutil.Process(proc.pid)
+    peak = 0.0
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, handle.memory_info().rss / 2**20)
+        time.sleep(0.1)
+    seconds = time.monotonic() - started
+    out, err = proc.communicate()
+    try:
+        report = json.loads(out)
+        verdict = f"{report['status']}, exit {proc.returncode}: {report['totals']}"
+    except ValueError:
+        verdict = f"exit {proc.returncode}: {err.decode()[-300:]}"
+    return seconds, peak, verdict
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["catchup", "replay"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["catchup", "replay", "audit"])
     parser.add_argument(
         "--replicas", type=int, default=1, help="replicas sharing the end-to-end run"
     )
@@ -445,6 +475,25 @@ def main() -> None:
             )
             for o in page.get("Contents", [])
         )
+
+        if "audit" not in args.skip:
+            # The audit of everything just replicated: Kafka, both stores and the
+            # dead-letter topic read once, every offset accounted for, the manifest written.
+            audit_s, audit_rss, audit_out = run_audit_cli(settings, root / "manifest.jsonl")
+            rows.append(
+                Row(
+                    "audit (both stores vs Kafka)",
+                    audit_s,
+                    total,
+                    value_mb,
+                    audit_rss,
+                    note=audit_out,
+                )
+            )
+            print(
+                f"audit: {total / audit_s:,.0f} records/s, peak RSS {audit_rss:.0f} MiB", flush=True
+            )
+
         if "replay" not in args.skip:
             # Replay: reset the S3 group and drive everything again into S3 only.
             reset_group(stack, settings.progress_group("s3"), ends)

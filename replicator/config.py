@@ -28,6 +28,7 @@ from replicator.errors import ConfigError
 from replicator.logs import KAFKA_LOGGER
 
 StoreName = Literal["s3", "azure"]
+RESERVED_FOLDERS = frozenset({"_cutover", "_audit"})  # store folders that are not topics
 
 DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -278,6 +279,13 @@ class Settings(BaseSettings):
         description="Encoded bytes waiting for stores, all stores together; past it a "
         "lagging store is dropped from the live stream and catches up from Kafka",
     )
+    audit_max_memory_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description="`replicator audit`: memory for records and objects held at once, all "
+        "partitions together (shared by the partitions audited in parallel: source records "
+        "over one object's key range, the objects being compared, the consumer's queue)",
+    )
     decode_workers: int = Field(
         default=0,
         ge=0,
@@ -358,7 +366,13 @@ class Settings(BaseSettings):
     @field_validator("topics")
     @classmethod
     def _topics(cls, value: list[str]) -> list[str]:
-        return checks.check_topics(value)
+        value = checks.check_topics(value)
+        # The stores' reserved folders (the cutover record, the audit's manifests) sit
+        # beside the topics' folders: a topic of the same name would mix with them.
+        reserved = [t for t in value if t in RESERVED_FOLDERS]
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: reserved name(s), not a topic to replicate")
+        return value
 
     @field_validator("dead_letter_topic")
     @classmethod

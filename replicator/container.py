@@ -32,6 +32,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Any, NamedTuple
 
 import fastavro
 
@@ -326,3 +327,103 @@ def encode_chunk(chunk: Chunk, registry: SchemaRegistry, codec: str, level: int)
         records=len(chunk.records),
         metadata=meta,
     )
+
+
+# ---------------------------------------------------------------------- reading
+class StoredRecord(NamedTuple):
+    """One envelope of a container file as stored: its offset, timestamp, key, the writer
+    schema id of its value and the value's raw Avro body (the bytes that followed the
+    5-byte Confluent header on the wire)."""
+
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    schema_id: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ContainerContents:
+    """A container file opened by fastavro: its header metadata, the writer schema ids of
+    the value union (branch i is `schema_ids[i]`), the envelope schema, and every block's
+    records concatenated, decompressed (`payload`: the envelopes' binary encodings, exactly
+    what `_encoded_records` produced when it was written)."""
+
+    metadata: dict[str, str]
+    schema_ids: tuple[int, ...]
+    payload: bytes
+    count: int
+    writer_schema: str | list[Any] | dict[str, Any]
+
+
+def read_container(data: bytes) -> ContainerContents:
+    """Open a container file with fastavro's block reader (framing, codec, sync markers);
+    ValueError when it is not one."""
+    try:
+        reader = fastavro.block_reader(io.BytesIO(data))
+        meta = {
+            k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in reader.metadata.items()
+        }
+        parts: list[bytes] = []
+        count = 0
+        for block in reader:
+            parts.append(block.bytes_.getvalue())  # type: ignore[attr-defined]
+            count += block.num_records
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise ValueError(f"not a readable Avro container file ({type(exc).__name__})") from None
+    ids_text = meta.get("replicator.schema_ids", "")
+    try:
+        ids = tuple(int(i) for i in ids_text.split(",") if i)
+    except ValueError:
+        raise ValueError(f"bad replicator.schema_ids header {ids_text!r}") from None
+    return ContainerContents(meta, ids, b"".join(parts), count, reader.writer_schema)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro `long` at `pos` (the inverse of `zigzag_varint`) and the position after it."""
+    shift = n = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+
+
+def stored_records(contents: ContainerContents) -> list[StoredRecord]:
+    """Every envelope of the container with its value's raw body. fastavro finds where each
+    envelope ends (it walks the value with its writer schema); the envelope's leading
+    fields are read back from those bytes, so the body is exactly what was stored.
+    ValueError when an envelope cannot be read."""
+    payload = contents.payload
+    bio = io.BytesIO(payload)
+    out: list[StoredRecord] = []
+    try:
+        for _ in range(contents.count):
+            start = bio.tell()
+            fastavro.schemaless_reader(bio, contents.writer_schema, None)
+            end = bio.tell()
+            offset, pos = _read_varint(payload, start)
+            timestamp, pos = _read_varint(payload, pos)
+            has_key, pos = _read_varint(payload, pos)
+            key: bytes | None = None
+            if has_key == 1:
+                size, pos = _read_varint(payload, pos)
+                key = payload[pos : pos + size]
+                pos += size
+            branch, pos = _read_varint(payload, pos)
+            schema_id = contents.schema_ids[branch] if branch < len(contents.schema_ids) else -1
+            out.append(StoredRecord(offset, timestamp, key, schema_id, payload[pos:end]))
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise ValueError(f"envelope {len(out)} cannot be read ({type(exc).__name__})") from None
+    return out
+
+
+def envelopes_payload(
+    records: Sequence[RawRecord], schema_ids: Sequence[int], union_ids: Sequence[int]
+) -> bytes:
+    """What a container of these records holds once its blocks are decompressed and joined
+    (its `ContainerContents.payload`), when its value union is of `union_ids`."""
+    branches = {sid: i for i, sid in enumerate(sorted(union_ids))}
+    return b"".join(_encoded_records(records, schema_ids, branches))

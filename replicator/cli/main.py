@@ -17,6 +17,7 @@ from replicator import __version__
 from replicator.app import run_service
 from replicator.cli.common import fail, load_or_exit
 from replicator.cli.ops import (
+    audit_command,
     cutover_command,
     rclone_check_command,
     replay_command,
@@ -50,6 +51,9 @@ app.command("status", short_help="Where each store stands per partition (works w
 app.command("verify", short_help="Prove both stores hold the same data (exit 0/1/3).")(
     verify_command
 )
+app.command(
+    "audit", short_help="Account for every source offset against Kafka, with a manifest (0/1/3)."
+)(audit_command)
 app.command("replay", short_help="Drive an offset or time range into the stores again.")(
     replay_command
 )

@@ -2,6 +2,10 @@
 
 Exit codes (see docs/runbook.md):
   verify:   0 aligned, 1 diverged, 3 could not check, 2 bad arguments or settings
+            (with --records: 0 only when the stores are aligned and the audit is clean)
+  audit:    0 every offset accounted for, 1 findings (missing, altered, doubled,
+            unexpected), 3 could not audit (Kafka or a store unavailable, manifest not
+            written), 2 bad arguments or settings
   replay:   0 done (written or already present), 1 conflicts or refused partitions,
             3 Kafka or a store unavailable, 2 bad arguments or settings
   cutover:  0 done (or rolled back), 1 refused: diverged, 3 could not check,
@@ -40,6 +44,7 @@ from replicator.cli.progress import CliProgress
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.logs import setup_logging
+from replicator.ops.audit import AuditOptions, AuditReport, run_audit
 from replicator.ops.context import OpsContext
 from replicator.ops.cutover import run_cutover, run_rollback
 from replicator.ops.findings import VerifyReport, report_json
@@ -94,11 +99,19 @@ def verify_command(
         ),
     ] = False,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Partitions checked at once")] = 8,
+    records: Annotated[
+        bool,
+        typer.Option(
+            "--records",
+            help="Then audit every record against Kafka (`replicator audit`, manifest written)",
+        ),
+    ] = False,
 ) -> None:
     """Prove both stores hold the same data: coverage without gap or overlap from the first
     retained offset to each store's committed offset, the same keys with the same size and
     MD5, and record-level differences for any object that differs. Exit 0 aligned,
-    1 diverged, 3 could not check."""
+    1 diverged, 3 could not check. With --records, then account for every source offset
+    record by record (the audit): exit 0 only when both pass."""
     settings = load_or_exit()
     setup_logging("WARNING", "human")
     if force_overwrite and not repair:
@@ -146,10 +159,97 @@ def verify_command(
         else:
             report = verify_once()
             emit_report(report.summary(), report.dumps(), as_json, output)
+        code = report.exit_code
+        if records:
+            audit = run_audit(
+                ctx,
+                AuditOptions(
+                    topics=topic or None,
+                    partitions=partition or None,
+                    since_ms=since_ms,
+                    until_ms=until_ms,
+                    concurrency=min(concurrency, 8),
+                ),
+            )
+            # The audit's report goes to its manifest in both stores; its summary follows
+            # verify's (on stderr with --json, so that stdout stays verify's JSON report).
+            typer.echo(audit.summary(), err=as_json)
+            code = _combined(code, audit.exit_code)
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     finally:
         ctx.close()
+    raise typer.Exit(code)
+
+
+def _combined(*codes: int) -> int:
+    """1 when anything was found, else 3 when anything could not be checked, else 0."""
+    if 1 in codes:
+        return 1
+    return max(codes)
+
+
+def audit_command(
+    topic: TopicOpt = None,
+    partition: PartitionOpt = None,
+    from_offset: Annotated[int | None, typer.Option(min=0, help="First offset (inclusive)")] = None,
+    to_offset: Annotated[int | None, typer.Option(min=0, help="Last offset (inclusive)")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From the first record at or after this time (ISO 8601)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Up to the last record before this time (ISO 8601)")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Partitions audited at once")] = 4,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Also write the manifest (JSON Lines) to this file"),
+    ] = None,
+    no_manifest: Annotated[
+        bool, typer.Option("--no-manifest", help="Write no manifest to the stores")
+    ] = False,
+) -> None:
+    """Account for every source offset against Kafka, record by record: stored (each store,
+    one object, same key, value bytes and timestamp), dead-lettered, no record, or behind
+    retention; anything else is a finding. Writes a manifest (JSON Lines, SHA-256 of every
+    object) to every store under _audit/. Exit 0 clean, 1 findings, 3 could not audit."""
+    settings = load_or_exit()
+    setup_logging("WARNING", "human")
+    check_output(output)
+    check_output(manifest)
+    since_ms = parse_time(since, "--since") if since else None
+    until_ms = parse_time(until, "--until") if until else None
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        raise fail("--until must be after --since", 2)
+    if from_offset is not None and to_offset is not None and to_offset < from_offset:
+        raise fail("--to-offset is below --from-offset", 2)
+    options = AuditOptions(
+        topics=topic or None,
+        partitions=partition or None,
+        from_offset=from_offset,
+        to_offset=to_offset,
+        since_ms=since_ms,
+        until_ms=until_ms,
+        concurrency=concurrency,
+        write_manifest=not no_manifest,
+    )
+    try:
+        ctx = OpsContext.open(settings, "audit")
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    report: AuditReport
+    try:
+        with CliProgress("audit", "partitions") as progress:
+            report = run_audit(ctx, options, progress)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    finally:
+        ctx.close()
+    if manifest is not None:
+        manifest.write_bytes(report.manifest())
+    emit_report(report.summary(), report_json(report.to_json()), as_json, output)
     raise typer.Exit(report.exit_code)
 
 

@@ -26,6 +26,8 @@ from replicator.devtools.stack import LocalStack
 from replicator.errors import ReplicatorError
 from replicator.kafka.deadletter import H_REASON
 from replicator.logs import setup_logging
+from replicator.ops.audit import AuditOptions, run_audit
+from replicator.ops.context import OpsContext
 from replicator.pipeline.service import Replicator
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
@@ -69,7 +71,7 @@ def _store_summary(store: Store) -> tuple[int, int, int, dict[str, str]]:
     objects = size = records = 0
     md5s: dict[str, str] = {}
     for info in store.list(""):
-        if info.key.startswith("_check/"):
+        if info.key.startswith(("_check/", "_audit/", "_cutover/")):
             continue
         objects += 1
         size += info.size
@@ -133,7 +135,7 @@ def run_demo(count: int, bad_share: float, root: Path) -> None:
     # Each bad record is logged as a warning: the summary below counts them instead.
     setup_logging("ERROR", "human")
     say(
-        f"1/4 starting a fresh local stack in {root}/ (Kafka: Tansu, S3: SeaweedFS, Azure: Azurite)"
+        f"1/5 starting a fresh local stack in {root}/ (Kafka: Tansu, S3: SeaweedFS, Azure: Azurite)"
     )
     # Fresh every time: the local broker keeps topics in memory only, so stores kept from an
     # earlier stack would hold other records under the same offsets.
@@ -147,7 +149,7 @@ def run_demo(count: int, bad_share: float, root: Path) -> None:
     dlq_before = _dlq_positions(settings)
 
     say(
-        f"2/4 producing {count:,} synthetic records over {', '.join(settings.topics)} "
+        f"2/5 producing {count:,} synthetic records over {', '.join(settings.topics)} "
         f"({bad_share:.0%} bad, of every kind)"
     )
     report = produce(
@@ -164,7 +166,7 @@ def run_demo(count: int, bad_share: float, root: Path) -> None:
         raise ReplicatorError(f"{report.failed} records were not delivered: {report.first_error}")
     say(f"    {report.good:,} good and {report.bad:,} bad records in {report.elapsed_s:.1f} s")
 
-    say("3/4 replicating into both stores until both hold everything")
+    say("3/5 replicating into both stores until both hold everything")
     service = Replicator(settings, build_stores(settings), registry, Metrics())
     ends = report.end_offsets
     started = time.monotonic()
@@ -206,7 +208,7 @@ def run_demo(count: int, bad_share: float, root: Path) -> None:
         f"    caught up in {elapsed:.1f} s, joining the consumer group included ({rate:,.0f} records/s)"
     )
 
-    say(f"4/4 reading both stores back (prefix demo-{run_id}/)")
+    say(f"4/5 reading both stores back (prefix demo-{run_id}/)")
     summaries = {}
     for store in build_stores(settings):
         summaries[store.name] = _store_summary(store)
@@ -225,6 +227,11 @@ def run_demo(count: int, bad_share: float, root: Path) -> None:
     )
     for reason, n in sorted(reasons.items()):
         say(f"      {reason:<20} {n:6,}")
+    say("5/5 auditing every offset against Kafka, record by record (replicator audit)")
+    with OpsContext.open(settings, "audit") as ctx:
+        audit = run_audit(ctx, AuditOptions())
+    for line in audit.summary().splitlines():
+        say(f"    {line}")
     say("")
     say(
         "The stack keeps running: `.venv/bin/replicator stack env` prints its settings, "
@@ -232,4 +239,6 @@ def run_demo(count: int, bad_share: float, root: Path) -> None:
     )
     if not identical:
         raise ReplicatorError("the two stores differ")
+    if audit.exit_code != 0:
+        raise ReplicatorError(f"the audit did not account for every offset ({audit.status})")
     logging.shutdown()

@@ -676,6 +676,113 @@ static PyObject *py_holds_no_nir(PyObject *self, PyObject *arg) {
         ascii_holds_no_nir((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
 }
 
+/* wire_payload(offsets, timestamps, keys, values, start, end, skip, branches)
+ *   -> (payload, count, first timestamp, last timestamp) or None
+ * The audit's fast path (replicator/ops/audit_logic.py, `wire_payload`): the four lists are
+ * the columns of source records as read from Kafka (values in the Confluent wire format:
+ * magic 0, a 4-byte big-endian schema id, the Avro body). For the records of [start, end)
+ * whose offset is not a key of the dict `skip` (dead-lettered), the envelopes
+ * container.encode_record makes, joined: what a container of them holds once decompressed.
+ * branches: {schema id: union branch (0 <= branch < 64)}. None when a record could not have
+ * been stored as it is (no value, not the wire format, a schema id not in `branches`). */
+static PyObject *wire_payload(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *offsets, *timestamps, *keys, *values, *skip, *branches;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!nnO!O!", &PyList_Type, &offsets, &PyList_Type,
+                          &timestamps, &PyList_Type, &keys, &PyList_Type, &values, &start, &end,
+                          &PyDict_Type, &skip, &PyDict_Type, &branches))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(offsets);
+    if (PyList_GET_SIZE(timestamps) != n || PyList_GET_SIZE(keys) != n ||
+        PyList_GET_SIZE(values) != n) {
+        PyErr_SetString(PyExc_ValueError, "the four columns must have one length");
+        return NULL;
+    }
+    if (start < 0) start = 0;
+    if (end > n) end = n;
+    if (end < start) end = start;
+    /* pass 1: check every record and size the payload */
+    Py_ssize_t total = 0, count = 0, first = -1, last = -1;
+    for (Py_ssize_t i = start; i < end; i++) {
+        PyObject *off = PyList_GET_ITEM(offsets, i);
+        int dead = PyDict_Contains(skip, off);
+        if (dead < 0) return NULL;
+        if (dead) continue;
+        PyObject *key = PyList_GET_ITEM(keys, i), *value = PyList_GET_ITEM(values, i);
+        if (!PyBytes_Check(value) || (key != Py_None && !PyBytes_Check(key))) Py_RETURN_NONE;
+        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+        Py_ssize_t vlen = PyBytes_GET_SIZE(value);
+        if (vlen < 5 || v[0] != 0) Py_RETURN_NONE;
+        long sid = (long)(((uint32_t)v[1] << 24) | ((uint32_t)v[2] << 16) |
+                          ((uint32_t)v[3] << 8) | (uint32_t)v[4]);
+        PyObject *sid_obj = PyLong_FromLong(sid);
+        if (sid_obj == NULL) return NULL;
+        PyObject *branch = PyDict_GetItemWithError(branches, sid_obj);
+        Py_DECREF(sid_obj);
+        if (branch == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            Py_RETURN_NONE;
+        }
+        long b = PyLong_AsLong(branch);
+        if (b == -1 && PyErr_Occurred()) return NULL;
+        if (b < 0 || b >= 64) {
+            PyErr_SetString(PyExc_ValueError, "branch out of range");
+            return NULL;
+        }
+        long long o = PyLong_AsLongLong(off);
+        if (o == -1 && PyErr_Occurred()) return NULL;
+        long long ts = PyLong_AsLongLong(PyList_GET_ITEM(timestamps, i));
+        if (ts == -1 && PyErr_Occurred()) return NULL;
+        unsigned char head[48];
+        unsigned char *at = put_long(head, o);
+        at = put_long(at, ts);
+        Py_ssize_t klen = key == Py_None ? 0 : PyBytes_GET_SIZE(key);
+        total += (at - head) + 1 + (key == Py_None ? 0 : (put_long(head, klen) - head) + klen) +
+                 1 + (vlen - 5);
+        if (first < 0) first = i;
+        last = i;
+        count++;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    /* pass 2: write them (every check passed) */
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = start; i < end && count; i++) {
+        PyObject *off = PyList_GET_ITEM(offsets, i);
+        if (PyDict_Contains(skip, off)) continue;
+        PyObject *key = PyList_GET_ITEM(keys, i), *value = PyList_GET_ITEM(values, i);
+        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+        Py_ssize_t vlen = PyBytes_GET_SIZE(value);
+        long sid = (long)(((uint32_t)v[1] << 24) | ((uint32_t)v[2] << 16) |
+                          ((uint32_t)v[3] << 8) | (uint32_t)v[4]);
+        PyObject *sid_obj = PyLong_FromLong(sid);
+        if (sid_obj == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        long b = PyLong_AsLong(PyDict_GetItem(branches, sid_obj));
+        Py_DECREF(sid_obj);
+        o = put_long(o, PyLong_AsLongLong(off));
+        o = put_long(o, PyLong_AsLongLong(PyList_GET_ITEM(timestamps, i)));
+        if (key == Py_None) {
+            *o++ = 0;
+        } else {
+            Py_ssize_t klen = PyBytes_GET_SIZE(key);
+            *o++ = 2;
+            o = put_long(o, klen);
+            memcpy(o, PyBytes_AS_STRING(key), (size_t)klen);
+            o += klen;
+        }
+        *o++ = (unsigned char)(2 * b);
+        memcpy(o, v + 5, (size_t)(vlen - 5));
+        o += vlen - 5;
+    }
+    if (count == 0) return Py_BuildValue("(NnOO)", out, count, Py_None, Py_None);
+    return Py_BuildValue("(NnOO)", out, count, PyList_GET_ITEM(timestamps, first),
+                         PyList_GET_ITEM(timestamps, last));
+}
+
 static PyMethodDef methods[] = {
     {"holds_no_nir", py_holds_no_nir, METH_O,
      "holds_no_nir(data) -> True if data is ASCII and holds no NIR; False: not sure"},
@@ -686,6 +793,9 @@ static PyMethodDef methods[] = {
      "accept(programs, items, max_bytes) -> verdicts; None where not sure"},
     {"envelopes", envelopes, METH_VARARGS,
      "envelopes(records, branches) -> the envelope bytes of each record (encode_record)"},
+    {"wire_payload", wire_payload, METH_VARARGS,
+     "wire_payload(offsets, timestamps, keys, values, start, end, skip, branches) -> "
+     "(payload, count, first ts, last ts) or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 """Types of the compiled extension (replicator/judge/_fastcheck.c)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 from replicator.model import RawRecord
 
@@ -27,3 +28,14 @@ def accept(
     /,
 ) -> list[tuple[int, str, str] | None]: ...
 def envelopes(records: Sequence[RawRecord], branches: Sequence[int], /) -> list[bytes]: ...
+def wire_payload(
+    offsets: list[int],
+    timestamps: list[int],
+    keys: list[bytes | None],
+    values: list[bytes | None],
+    start: int,
+    end: int,
+    skip: dict[int, Any],
+    branches: dict[int, int],
+    /,
+) -> tuple[bytes, int, int | None, int | None] | None: ...

@@ -74,6 +74,7 @@ DETAIL_MAX = 512  # a replacement's detail header is cut to this many bytes
 # names have at most 249 characters), so it fits any topic limit from here up
 # (tests/unit/kafka/test_dead_letter_limits.py).
 REPLACEMENT_MAX_BYTES = 2_000
+H_ORIGINAL_REASON = H_FIRST_REASON  # the name the audit reads it by
 
 
 class DeadLetterError(ReplicatorError):

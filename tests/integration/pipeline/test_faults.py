@@ -35,6 +35,8 @@ import pytest
 from replicator.config import Settings
 from replicator.devtools.stack import DEMO_TOPICS, LocalStack
 from replicator.model import TP
+from replicator.ops.audit import AuditOptions, run_audit
+from replicator.ops.context import OpsContext
 from tests.support.checker import (
     KafkaRecord,
     azure_objects,
@@ -158,6 +160,16 @@ def count(run: Run, produced: Produced) -> Count:
     divergent = len(set(s3) ^ set(az)) + sum(
         1 for k in set(s3) & set(az) if hashlib.md5(s3[k]).digest() != hashlib.md5(az[k]).digest()
     )
+    if not produced.records:
+        # The final check against the source, record by record: the product's own audit
+        # must agree with the independent checker (every offset stored, dead-lettered or
+        # without a record; no finding), and its manifest must land identically in both.
+        with OpsContext.open(settings, "audit") as ctx:
+            audit = run_audit(ctx, AuditOptions())
+        if audit.exit_code != 0:
+            run.problems.append("audit: " + audit.summary())
+        elif audit.totals()["stored"] + audit.totals()["dead_lettered"] != produced.total:
+            run.problems.append(f"audit: accounts for other records: {audit.totals()}")
     for name, held in (run.before or {}).items():
         now = {k: hashlib.md5(v).hexdigest() for k, v in stores[name].items()}
         rewritten = sorted(k for k, md5 in held.items() if now.get(k) != md5)
