@@ -164,7 +164,15 @@ def count(run: Run, produced: Produced) -> Count:
         # The final check against the source, record by record: the product's own audit
         # must agree with the independent checker (every offset stored, dead-lettered or
         # without a record; no finding), and its manifest must land identically in both.
-        with OpsContext.open(settings, "audit") as ctx:
+        # The proxies are closed by now: the audit reads the stores at their own endpoints.
+        assert run.direct is not None
+        direct = settings.model_copy(
+            update={
+                "s3_endpoint": run.direct.s3_endpoint,
+                "azure_connection_string": run.direct.azure_connection_string,
+            }
+        )
+        with OpsContext.open(direct, "audit") as ctx:
             audit = run_audit(ctx, AuditOptions())
         if audit.exit_code != 0:
             run.problems.append("audit: " + audit.summary())
@@ -258,6 +266,11 @@ class Run:
     exit_cleanly: list[Service] = field(default_factory=list)
     forbidden_events: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # the stores' own endpoints: the proxies are closed once the run ends
+    direct: Settings | None = None
+
+    def __post_init__(self) -> None:
+        self.direct = self.settings
 
     def service(self, name: str = "replica", **overrides: Any) -> Service:
         svc = Service(self.settings, self.tmp, name=name, **overrides)
