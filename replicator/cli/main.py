@@ -20,6 +20,7 @@ from replicator.cli.ops import (
     audit_command,
     cutover_command,
     rclone_check_command,
+    redrive_command,
     replay_command,
     status_command,
     verify_command,
@@ -57,6 +58,9 @@ app.command(
 app.command("replay", short_help="Drive an offset or time range into the stores again.")(
     replay_command
 )
+app.command(
+    "redrive", short_help="Produce selected dead letters again to their origin topic (0/1/3)."
+)(redrive_command)
 app.command("cutover", short_help="Retire a store once verify passes; or roll back.")(
     cutover_command
 )

@@ -12,6 +12,11 @@ Exit codes (see docs/runbook.md):
             4 refused: lag not 0 within the timeout, 5 refused: a cutover record or report
             already exists that this one cannot complete (another store retired, stores
             that differ), 2 bad arguments or settings
+  redrive:  0 done (every selected dead letter re-driven, or none selected; with --dry-run:
+            none that cannot be), 1 some selected dead letters cannot be re-driven (sent
+            without their value, origin topic not replicated, refused by the origin topic),
+            3 Kafka unavailable (what was committed stays: run again), 2 bad arguments or
+            settings
   rclone-check: rclone's own (0: no difference), 2 bad settings
   status:   0 read (whatever the stores' states), 3 Kafka unavailable, 2 bad arguments or
             settings
@@ -50,6 +55,8 @@ from replicator.ops.context import OpsContext
 from replicator.ops.cutover import run_cutover, run_rollback
 from replicator.ops.findings import VerifyReport, report_json
 from replicator.ops.rclone import rclone_check
+from replicator.ops.redrive import DEFAULT_BATCH, RedriveOptions, run_redrive
+from replicator.ops.redrive_logic import Selection
 from replicator.ops.repair import run_repair
 from replicator.ops.replay import RangeRequest, resolve_times, run_replay
 from replicator.ops.status import DEFAULT_DEAD_LETTER_WINDOW, Thresholds, collect_status
@@ -318,6 +325,75 @@ def replay_command(
         raise fail(str(exc), 3) from None
     finally:
         ctx.close()
+    emit_report(report.summary(), report_json(report.to_json()), as_json, output)
+    raise typer.Exit(report.exit_code)
+
+
+def redrive_command(
+    reason: Annotated[
+        list[str] | None,
+        typer.Option("--reason", help="Only dead letters of this reason (dlq.reason; repeatable)"),
+    ] = None,
+    topic: Annotated[
+        list[str] | None, typer.Option("--topic", help="Only this origin topic (repeatable)")
+    ] = None,
+    partition: Annotated[
+        list[int] | None,
+        typer.Option("--partition", min=0, help="Only this origin partition (repeatable)"),
+    ] = None,
+    from_offset: Annotated[
+        int | None, typer.Option(min=0, help="Origin offsets from this one (inclusive)")
+    ] = None,
+    to_offset: Annotated[
+        int | None, typer.Option(min=0, help="Origin offsets up to this one (inclusive)")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Origin records at or after this time (their own timestamp, ISO 8601)"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Origin records before this time (ISO 8601)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be re-driven; write nothing")
+    ] = False,
+    batch: Annotated[
+        int,
+        typer.Option(min=1, max=1_000_000, help="Dead letters read between two commits at most"),
+    ] = DEFAULT_BATCH,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Produce selected dead letters again to their origin topic and partition (original
+    key, value, headers and timestamp, plus redrive.* headers naming where they come
+    from), so that the service reads them once more. Progress is the consumer group
+    <group_id>.redrive.<selection>: run again after an interruption, it goes on. Exit 0
+    done, 1 some cannot be re-driven, 3 Kafka unavailable."""
+    settings = load_or_exit()
+    setup_logging("WARNING", "human")
+    check_output(output)
+    unknown = sorted(set(topic or ()) - set(settings.topics))
+    if unknown:
+        raise fail(
+            f"topic(s) {', '.join(unknown)} not replicated (REPLICATOR_TOPICS: "
+            f"{', '.join(settings.topics)})",
+            2,
+        )
+    selection = Selection(
+        reasons=frozenset(reason or ()),
+        topics=frozenset(topic or ()),
+        partitions=frozenset(partition or ()),
+        from_offset=from_offset,
+        to_offset=to_offset,
+        since_ms=parse_time(since, "--since") if since else None,
+        until_ms=parse_time(until, "--until") if until else None,
+    )
+    problems = selection.problems()
+    if problems:
+        raise fail(problems[0], 2)
+    options = RedriveOptions(selection=selection, dry_run=dry_run, batch=batch)
+    with CliProgress("redrive", "dead letters") as progress:
+        report = run_redrive(settings, options, progress)
     emit_report(report.summary(), report_json(report.to_json()), as_json, output)
     raise typer.Exit(report.exit_code)
 
