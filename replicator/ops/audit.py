@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -50,6 +50,7 @@ from replicator.ops.audit_logic import (
 )
 from replicator.ops.context import OpsContext, Progress
 from replicator.ops.findings import utc_now
+from replicator.ops.redrive_logic import redriven_origin
 from replicator.stores.retirement import retired_stores
 
 log = logging.getLogger("replicator.audit")
@@ -131,6 +132,7 @@ class AuditReport:
             for k, v in p.counts.items():
                 out[k] = out.get(k, 0) + v
         out["dead_letter_resends"] = sum(p.dead_letter_resends for p in self.partitions)
+        out["redriven"] = sum(p.redriven for p in self.partitions)
         out["findings"] = self.findings
         return dict(sorted(out.items()))
 
@@ -207,6 +209,11 @@ class AuditReport:
             )
             + f"; dead-letter resends {t['dead_letter_resends']:,}",
         ]
+        if t["redriven"]:
+            lines.append(
+                f"  of the stored: {t['redriven']:,} re-driven dead letter(s) at new offsets "
+                "(their origin offsets are counted dead-lettered)"
+            )
         if self.retired:
             lines.append(f"  note: {', '.join(self.retired)} retired by a cutover: not audited")
         if t.get("behind_retention"):
@@ -490,9 +497,17 @@ def _consumer(ctx: OpsContext, memory: int) -> Consumer:
     )
 
 
-def _source(ctx: OpsContext, tp: TP, start: int, stop: int, memory: int) -> Iterator[SourceBatch]:
+def _source(
+    ctx: OpsContext,
+    tp: TP,
+    start: int,
+    stop: int,
+    memory: int,
+    redriven: Callable[[int], None] | None = None,
+) -> Iterator[SourceBatch]:
     """The records of one partition from `start` until offset `stop` (exclusive) is reached
-    (see _STALL_S), as columns: each
+    (see _STALL_S), as columns; `redriven(offset)` is called for each record that carries
+    the headers of a re-driven dead letter (`redrive_logic.redriven_origin`). Each
     consume() call's records become four lists in C-level loops (`map` over the Message
     methods), never one Python object per record."""
     if start >= stop:
@@ -527,6 +542,10 @@ def _source(ctx: OpsContext, tp: TP, start: int, stop: int, memory: int) -> Iter
             cut = k < len(offsets)
             if cut:
                 batch, offsets = batch[:k], offsets[:k]
+            if redriven is not None:
+                for offset, headers in zip(offsets, map(Message.headers, batch), strict=True):
+                    if headers and redriven_origin(headers) is not None:
+                        redriven(offset)
             if batch:
                 yield SourceBatch(
                     offsets,
@@ -565,18 +584,27 @@ def _audit_one(
     # last (it may end after hi), within what Kafka holds.
     start = max(low, min([lo, *(r.first for refs in objects.values() for r in refs)]))
     stop = min(end, max([hi, *(r.last + 1 for refs in objects.values() for r in refs)]))
+    redriven = [0, -1]  # count, last offset counted (offsets come in order, once)
+
+    def count(offset: int) -> None:
+        if lo <= offset < hi and offset > redriven[1]:
+            redriven[0] += 1
+            redriven[1] = offset
+
     try:
-        return audit_partition(
+        account = audit_partition(
             tp,
             lo,
             hi,
             low,
             objects,
-            _source(ctx, tp, start, stop, share),
+            _source(ctx, tp, start, stop, share, count),
             dead,
             ctx.read,
             max_window_bytes=share // 2,
         )
+        account.redriven = redriven[0]
+        return account
     except (StoreError, KafkaUnavailable, WindowTooLarge, ReplicatorError) as exc:
         return PartitionAccount(tp[0], tp[1], lo, hi, low, error=str(exc))
 

@@ -424,6 +424,10 @@ class PartitionAccount:
     low_watermark: int
     counts: dict[str, int] = field(default_factory=lambda: {k.value: 0 for k in Klass})
     dead_letter_resends: int = 0
+    # stored records that are re-driven dead letters (`replicator redrive`: redrive.*
+    # headers); each is also counted in its class (stored at its new offset, while its
+    # origin offset stays dead-lettered)
+    redriven: int = 0
     findings: list[FindingRange] = field(default_factory=list)
     objects: list[ObjectEntry] = field(default_factory=list)
     error: str | None = None  # could not audit (Kafka or a store unavailable)
@@ -461,6 +465,7 @@ class PartitionAccount:
             "low_watermark": self.low_watermark,
             "classes": dict(sorted(self.counts.items())),
             "dead_letter_resends": self.dead_letter_resends,
+            "redriven": self.redriven,
             "findings": [f.to_json() for f in self.findings],
             "error": self.error,
         }

@@ -288,12 +288,13 @@ def redrive_headers(letter: Letter, dead_letter_topic: str, redrive_id: str) -> 
 
 
 def redriven_origin(
-    headers: Sequence[tuple[str, str | bytes | None]] | None,
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
 ) -> tuple[str, int, int] | None:
     """The origin (topic, partition, offset) a re-driven record names in its `redrive.*`
     headers; None for a record that was not re-driven (or names no usable origin)."""
     found: dict[str, str | None] = {}
-    for name, raw in headers or ():
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, raw in pairs:
         if name.startswith(REDRIVE_PREFIX):
             found.setdefault(name, _text(raw))
     topic = found.get(H_REDRIVE_TOPIC)
