@@ -467,6 +467,24 @@ def test_a_dead_letter_sent_without_its_value_is_reported_never_produced_empty(
         )
     writer.flush(30)
     writer.close()
+    # a dead letter holding the original's own headers beside its dlq.* ones (as the
+    # dead-letter writer keeps them): they go with the re-driven record, the dlq.* do not
+    raw = Producer({**settings.kafka_common(), "linger.ms": 0})
+    raw.produce(
+        settings.dead_letter_topic,
+        key=b"k",
+        value=b"\x00\x00\x00\x00\x09" + b"v" * 100,
+        headers=[
+            ("trace", b"abc"),
+            ("dlq.reason", b"unknown_schema_id"),
+            ("dlq.origin.topic", a.encode()),
+            ("dlq.origin.partition", b"0"),
+            ("dlq.origin.offset", b"3"),
+            ("dlq.origin.timestamp", b"1790000000003"),
+            ("empty", None),
+        ],
+    )
+    raw.flush(10)
     with ops(settings) as ctx:
         before = ctx.kafka.ends([(a, 0)])[(a, 0)]
     out = tmp_path / "report.json"
@@ -474,7 +492,7 @@ def test_a_dead_letter_sent_without_its_value_is_reported_never_produced_empty(
     assert run.returncode == 1, run.stdout + run.stderr
     report = json.loads(out.read_text())
     assert report["status"] == "incomplete"
-    assert report["counts"]["produced"] == 2
+    assert report["counts"]["produced"] == 3
     assert report["counts"]["value_dropped"] == 1
     [cannot] = report["cannot"]
     assert (cannot["topic"], cannot["partition"], cannot["offset"]) == (a, 0, 1)
@@ -484,8 +502,19 @@ def test_a_dead_letter_sent_without_its_value_is_reported_never_produced_empty(
     assert f"cannot re-drive {a}/0 offset 1" in run.stdout
     with ops(settings) as ctx:
         end = ctx.kafka.ends([(a, 0)])[(a, 0)]
-        values = [m.value() for m in ctx.kafka.read_range((a, 0), before, end - 1)]
-    assert values == [b"\x00\x00\x00\x00\x09" + b"v" * 100] * 2, "the two others, no empty one"
+        got = {
+            redriven_origin(m.headers()): (m.value(), m.timestamp()[1], m.headers())
+            for m in ctx.kafka.read_range((a, 0), before, end - 1)
+        }
+    assert sorted(got, key=repr) == [(a, 0, 0), (a, 0, 2), (a, 0, 3)], "no empty record for 1"
+    for origin, (value, timestamp, _headers) in got.items():
+        assert value == b"\x00\x00\x00\x00\x09" + b"v" * 100
+        assert origin is not None and timestamp == 1_790_000_000_000 + origin[2]
+    headers = got[(a, 0, 3)][2] or []
+    assert [h for h in headers if not h[0].startswith("redrive.")] == [
+        ("trace", b"abc"),
+        ("empty", None),
+    ]
 
 
 @pytest.mark.parametrize(
