@@ -130,6 +130,7 @@ def test_audit_accounts_for_every_offset_and_names_each_finding(
         "dead_lettered": bad,
         "findings": 0,
         "no_record": 2,
+        "redriven": 0,
         "stored": total - bad - 2,
     }
     tx = next(p for p in report["partitions"] if (p["topic"], p["partition"]) == tx_tp)
@@ -330,5 +331,6 @@ def test_a_slow_store_does_not_end_the_source_read_early(
         "dead_lettered": bad,
         "findings": 0,
         "no_record": 0,
+        "redriven": 0,
         "stored": sum(produced.ends.values()) - bad,
     }
