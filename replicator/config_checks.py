@@ -307,8 +307,8 @@ def read_secret_file(path: Path) -> str:
 # ---- names that are no setting ----------------------------------------------------------------
 
 # REPLICATOR_* variables that are not settings but are read by the project itself: the
-# secrets folder, the fault-matrix knobs of tests/integration/pipeline/test_faults.py, and cutover's
-# crash hook for tests (replicator/ops/cutover.py).
+# secrets folder, the fault-matrix knobs of tests/integration/pipeline/test_faults.py, and the
+# crash hook for tests of cutover and redrive (replicator/ops/cutover.py, ops/redrive.py).
 NOT_SETTINGS = frozenset(
     {
         "REPLICATOR_SECRETS_DIR",
