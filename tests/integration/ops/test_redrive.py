@@ -279,11 +279,19 @@ def test_dead_letters_of_a_schema_registered_later_are_redriven_into_both_stores
     assert report["counts"]["produced"] == len(s.new) == report["counts"]["redrive"]
     assert report["redrive_id"].startswith("redrive-")
     assert "result: DONE (exit 0)" in run.stdout
+    n = len(s.new)
+    # progress on stderr (not a terminal: plain lines, the last one at the end)
+    assert f"redrive: {n}/{n} dead letters (100%), {n} re-driven" in run.stderr.splitlines()[-1]
     check_all_stored(s)
 
-    again = cli(settings, "redrive", "--reason", "unknown_schema_id", "--json")
+    again_path = tmp_path / "again.json"
+    again = cli(
+        settings, "redrive", "--reason", "unknown_schema_id", "--json", "-o", str(again_path)
+    )
     assert again.returncode == 0, again.stderr
+    assert again_path.read_text() == again.stdout, "--json prints what --output writes"
     assert json.loads(again.stdout)["counts"]["read"] == 0, "a second run re-drives nothing"
+    assert "result: DONE (exit 0)" in again.stderr
 
 
 @pytest.mark.parametrize(
