@@ -172,7 +172,7 @@ def property_name(variable_suffix: str) -> str:
 
 def variable_name(name: str) -> str:
     """The environment variable that gives property `name` (the inverse of property_name)."""
-    return ENV_PREFIX + name.upper().replace("-", "___").replace("_", "__").replace(".", "_")
+    return ENV_PREFIX + name.upper().replace("_", "__").replace("-", "___").replace(".", "_")
 
 
 def _check_name(name: str) -> str | None:
