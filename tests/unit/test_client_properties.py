@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator import client_properties as props
-from replicator.config import Settings, load_client_properties, load_settings
+from replicator.config import load_client_properties, load_settings
 from replicator.errors import ConfigError
 from replicator.kafka.deadletter import DeadLetterWriter
 from replicator.pipeline.service import live_consumer_config
@@ -183,10 +183,10 @@ def test_a_refused_property_is_one_line_at_load(env: pytest.MonkeyPatch, name: s
     assert f"{props.variable_name(name)} ({name}): owned by the service" in message
 
 
-def test_every_setting_the_clients_set_is_owned() -> None:
+def test_every_setting_the_clients_set_is_owned(env: pytest.MonkeyPatch) -> None:
     """What a client of the service sets over the common configuration can never be given
     by the operator (it would be silently replaced), except client.id (see client_id)."""
-    s = Settings(**{k.removeprefix("REPLICATOR_").lower(): v for k, v in BASE.items()})
+    s = load_settings()
     live = set(live_consumer_config(s)) - set(s.kafka_common())
     assert live - {"client.id"} <= set(props.OWNED)
     writer = DeadLetterWriter(s.kafka_common(), "dlq")
