@@ -320,16 +320,23 @@ def _refused_by(conf: dict[str, Any]) -> str | None:
 def librdkafka_problem(conf: Mapping[str, Any], props: ClientProperties) -> str | None:
     """What librdkafka says of a client configuration (an unknown property, a bad value, a
     missing companion property, a key file it cannot load), or None when it takes it. The
-    message names the variable or file line of the first property that fails alone; values
-    that are not printed are masked. Builds throwaway producers and consumers without
+    message names the variable or file line of the property at fault (the one without which
+    the rest is taken, else the first refused alone); values that are not printed are
+    masked. Builds throwaway producers and consumers without
     bootstrap servers: nothing connects."""
     base = {k: v for k, v in conf.items() if k not in {"bootstrap.servers", "logger"}}
     base["logger"] = _quiet_logger()
     problem = _refused_by(base)
     if problem is None:
         return None
+    # The property to name: the one whose removal makes the rest acceptable, else the first
+    # refused alone (a property may need another one, e.g. oidc its token endpoint).
+    names = sorted(props.values, key=lambda n: props.origins[n])
+    for name in names:
+        if _refused_by({k: v for k, v in base.items() if k != name}) is None:
+            return props.scrub(f"{props.origins[name]}: {problem}")
     own = {k: v for k, v in base.items() if k not in props.values}
-    for name in sorted(props.values, key=lambda n: props.origins[n]):
+    for name in names:
         alone = _refused_by({**own, name: props.values[name]})
         if alone is not None:
             return props.scrub(f"{props.origins[name]}: {alone}")
