@@ -221,8 +221,8 @@ connection: a name librdkafka does not know, a bad value, a missing companion pr
 `sasl.oauthbearer.method=oidc` without `sasl.oauthbearer.token.endpoint.url`) or a key file
 that cannot be loaded is refused by building a throwaway client that connects to nothing:
 exit 2 and one line naming the variable (or the file's line) and librdkafka's reason.
-A property meant for consumers only (or producers only) is taken by every client; librdkafka
-ignores it, with a warning line, in the clients of the other kind.
+A property meant for consumers only (or producers only) is given to every client; librdkafka
+ignores it in the clients of the other kind (its warning saying so is not logged).
 
 `client.id`, when given, is the id of every client (broker quotas are per client id);
 otherwise each client names itself (`replicator-<version>`, `replicator-audit`, ...).

@@ -4,11 +4,13 @@ file's syntax, the refusal of what the service owns, and masking when printed.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, Producer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from replicator import client_properties as props
 from replicator.config import load_client_properties, load_settings
 from replicator.errors import ConfigError
 from replicator.kafka.deadletter import DeadLetterWriter
+from replicator.logs import KAFKA_LOGGER
 from replicator.pipeline.service import live_consumer_config
 
 BASE = {
@@ -367,3 +370,33 @@ def test_config_output_masks_and_lists_the_properties(env: pytest.MonkeyPatch) -
         "k3y-passw0rd-value",
         "principal=admin-value",
     ]
+
+
+def test_a_property_of_the_other_kind_of_client_is_not_warned_about() -> None:
+    """Every client gets every property: librdkafka's warning that a producer ignores a
+    consumer property (and the reverse) is dropped; its other warnings are kept."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger(KAFKA_LOGGER)
+    handler = Keep()
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        producer = Producer({"fetch.min.bytes": "5", "client.id": "kinds", "logger": logger})
+        producer.poll(0.5)
+        consumer = Consumer(
+            {"linger.ms": "5", "group.id": "g", "client.id": "kinds", "logger": logger}
+        )
+        consumer.poll(0.5)
+        consumer.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    details = [str(getattr(r, "replicator_fields", {}).get("detail", "")) for r in records]
+    assert not [d for d in details if "will be ignored by this" in d], details
+    assert any("bootstrap.servers" in d for d in details), details  # other warnings stay
