@@ -580,9 +580,9 @@ class Settings(BaseSettings):
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username is not None:
+        if self.kafka_sasl_mechanism and self.kafka_sasl_mechanism != "OAUTHBEARER":
+            assert self.kafka_sasl_password is not None
             conf["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password is not None:
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_ca_location:
             conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)

@@ -103,6 +103,32 @@ def test_properties_file_syntax(text: str, parsed: list[tuple[int, str, str]]) -
     assert props.parse_properties(text) == parsed
 
 
+_VALUES = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30
+).map(str.strip)
+_SPACES = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@given(
+    st.dictionaries(PROPERTY_NAMES, _VALUES, max_size=8),
+    st.data(),
+)
+def test_a_written_properties_file_reads_back(values: dict[str, str], data: st.DataObject) -> None:
+    """Any names and one-line values, written with comments, blank lines and spaces around
+    the key, the `=` and the value, read back exactly (a value may hold `=`, `#`, `!`)."""
+    lines: list[str] = []
+    expected: list[tuple[int, str, str]] = []
+    for name, drawn in values.items():
+        value = drawn + "x" if drawn.endswith("\\") else drawn
+        for _ in range(data.draw(st.integers(0, 2))):
+            lines.append(data.draw(st.sampled_from(["", "   ", "# note", "! note", "  #x=y"])))
+        before, around, after = (data.draw(_SPACES) for _ in range(3))
+        lines.append(f"{before}{name}{around}={after}{value}{data.draw(_SPACES)}")
+        expected.append((len(lines), name, value))
+    newline = data.draw(st.sampled_from(["\n", "\r\n"]))
+    assert props.parse_properties(newline.join(lines)) == expected
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
