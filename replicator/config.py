@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from replicator import client_properties as props
 from replicator import config_checks as checks
 from replicator.errors import ConfigError
 from replicator.logs import KAFKA_LOGGER
@@ -155,14 +163,25 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="librdkafka `security.protocol`; production: SASL_SSL"
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        default=None, description="SASL mechanism; unset: no SASL"
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = Field(
+        default=None,
+        description="SASL mechanism; unset: no SASL. OAUTHBEARER takes its token settings "
+        "as client properties (sasl.oauthbearer.*, see docs/production.md)",
     )
     kafka_sasl_username: str | None = Field(
         default=None, description="SASL user name (needs REPLICATOR_KAFKA_SASL_PASSWORD)"
     )
     kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
     kafka_ssl_ca_location: Path | None = Field(default=None, description="CA bundle for Kafka TLS")
+    kafka_properties_file: Path | None = Field(
+        default=None,
+        description="A properties file (`key=value` lines, `#` comments) of librdkafka "
+        "properties passed to every Kafka client; REPLICATOR_KAFKA_PROPERTY_<NAME> variables "
+        "give more and win over it (docs/configuration.md, 'Any Kafka client property')",
+    )
+    _client_properties: props.ClientProperties = PrivateAttr(default_factory=props.ClientProperties)
 
     # --- Stores ------------------------------------------------------------------------
     stores: Annotated[list[StoreName], NoDecode] = Field(
@@ -449,7 +468,9 @@ class Settings(BaseSettings):
             checks.check_azure_connection_string(value.get_secret_value())
         return value
 
-    @field_validator("kafka_ssl_ca_location", "s3_ca_bundle", "azure_ca_bundle")
+    @field_validator(
+        "kafka_ssl_ca_location", "kafka_properties_file", "s3_ca_bundle", "azure_ca_bundle"
+    )
     @classmethod
     def _file(cls, value: Path | None) -> Path | None:
         return None if value is None else checks.check_existing_file(value)
@@ -458,6 +479,15 @@ class Settings(BaseSettings):
     @classmethod
     def _dir(cls, value: Path) -> Path:
         return checks.check_existing_dir(value)
+
+    @model_validator(mode="after")
+    def _client_props(self) -> Settings:
+        """The librdkafka properties of the environment and of the properties file."""
+        text = None
+        if self.kafka_properties_file is not None:
+            text = checks.read_properties_file(self.kafka_properties_file)
+        self._client_properties = props.collect(os.environ, text)
+        return self
 
     @model_validator(mode="after")
     def _agree(self) -> Settings:
@@ -491,7 +521,14 @@ class Settings(BaseSettings):
                 "REPLICATOR_TOPICS: the dead-letter topic cannot be replicated"
             )
         sasl_protocol = self.kafka_security_protocol.startswith("SASL_")
-        if self.kafka_sasl_mechanism and not (
+        has_user = bool(self.kafka_sasl_username or self.kafka_sasl_password)
+        if self.kafka_sasl_mechanism == "OAUTHBEARER" and has_user:
+            out.append(
+                "REPLICATOR_KAFKA_SASL_MECHANISM=OAUTHBEARER takes no "
+                "REPLICATOR_KAFKA_SASL_USERNAME or REPLICATOR_KAFKA_SASL_PASSWORD: its "
+                "credentials are sasl.oauthbearer.* client properties"
+            )
+        elif self.kafka_sasl_mechanism not in (None, "OAUTHBEARER") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
             out.append(
@@ -543,12 +580,34 @@ class Settings(BaseSettings):
         }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_mechanism and self.kafka_sasl_mechanism != "OAUTHBEARER":
             assert self.kafka_sasl_password is not None
+            conf["sasl.username"] = self.kafka_sasl_username
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_ca_location:
             conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        # The operator's own properties; none of them is one set above or by a client
+        # (client_properties.OWNED refuses those), so every client gets each as given.
+        conf.update(self._client_properties.values)
         return conf
+
+    @property
+    def client_properties(self) -> props.ClientProperties:
+        """The librdkafka properties given by the operator (REPLICATOR_KAFKA_PROPERTY_*,
+        REPLICATOR_KAFKA_PROPERTIES_FILE)."""
+        return self._client_properties
+
+    def client_id(self, default: str) -> str:
+        """A client's `client.id`: the operator's `client.id` property if given (one id for
+        every client, as broker quotas expect), else the client's own default."""
+        return self._client_properties.client_id() or default
+
+    def kafka_problem(self) -> str | None:
+        """What librdkafka says of the client configuration (a property it does not know, a
+        bad value), without connecting; None when it takes it."""
+        if not self._client_properties.values and self.kafka_sasl_mechanism != "OAUTHBEARER":
+            return None
+        return props.librdkafka_problem(self.kafka_common(), self._client_properties)
 
     def printable(self) -> dict[str, Any]:
         """The settings as plain values for display; secrets masked."""
@@ -560,6 +619,7 @@ class Settings(BaseSettings):
                 out[name] = str(value)
             else:
                 out[name] = value
+        out["kafka_properties"] = self._client_properties.printable()
         return out
 
 
@@ -594,17 +654,49 @@ def load_settings(**overrides: Any) -> Settings:
                 f"REPLICATOR_SECRETS_DIR={secrets_dir!r} cannot be read ({exc.strerror})"
             ) from None
     try:
-        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
+        settings = Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = list(dict.fromkeys(_problem(err) for err in exc.errors()))
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    problem = settings.kafka_problem()
+    if problem is not None:
+        raise ConfigError("invalid configuration: " + problem)
+    return settings
+
+
+def load_client_properties(bootstrap: str) -> dict[str, Any]:
+    """For a tool that takes no other setting (`replicator produce`): the librdkafka
+    configuration of `bootstrap` with the operator's client properties
+    (REPLICATOR_KAFKA_PROPERTY_*, REPLICATOR_KAFKA_PROPERTIES_FILE), checked as the
+    service checks them; ConfigError naming the variable otherwise."""
+    try:
+        file = os.environ.get(props.FILE_VARIABLE)
+        text = None
+        if file:
+            try:
+                checks.check_existing_file(Path(file))
+            except ValueError as exc:
+                raise ValueError(f"{props.FILE_VARIABLE}: {exc}") from None
+            text = checks.read_properties_file(Path(file))
+        given = props.collect(os.environ, text)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **given.values}
+    problem = props.librdkafka_problem(conf, given) if given.values else None
+    if problem is not None:
+        raise ConfigError("invalid configuration: " + problem)
+    return conf
 
 
 def unknown_settings(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each REPLICATOR_* variable, or file of the secrets folder, that names no
     setting (a typo is otherwise silently ignored), with the closest setting's name."""
     environ = os.environ if environ is None else environ
-    found = {name: "variable" for name in environ}
+    found = {
+        name: "variable"
+        for name in environ
+        if not name.upper().startswith(props.ENV_PREFIX)  # librdkafka judges these
+    }
     folder = environ.get("REPLICATOR_SECRETS_DIR")
     if folder and Path(folder).is_dir():
         with contextlib.suppress(OSError):  # load_settings says why

@@ -342,3 +342,23 @@ def unknown_names(names: Iterable[str], settings: Iterable[str]) -> list[tuple[s
         close = difflib.get_close_matches(upper.removeprefix("REPLICATOR_"), suffixes, n=1)
         out.append((name, "REPLICATOR_" + close[0] if close else None))
     return out
+
+
+PROPERTIES_MAX_BYTES = 1024 * 1024
+
+
+def read_properties_file(path: Path) -> str:
+    """The text of REPLICATOR_KAFKA_PROPERTIES_FILE; ValueError saying what is wrong with the
+    file (never its content): unreadable, too large, not UTF-8."""
+    name = "REPLICATOR_KAFKA_PROPERTIES_FILE"
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(PROPERTIES_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{name}: {path} cannot be read ({exc.strerror})") from None
+    if len(data) > PROPERTIES_MAX_BYTES:
+        raise ValueError(f"{name}: {path} is larger than {PROPERTIES_MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: {path} is not UTF-8 text") from None

@@ -30,6 +30,11 @@ _FIELDS = "replicator_fields"
 # Kafka client gets it through `Settings.kafka_common()`, so they are JSON lines too.
 KAFKA_LOGGER = "replicator.kafka"
 _DIGITS = re.compile(r"\d+")
+# librdkafka's warning for a property of the other kind of client, e.g. "Configuration
+# property fetch.min.bytes is a consumer property and will be ignored by this producer instance"
+_OTHER_KIND = re.compile(
+    r"is a (consumer|producer) property and will be ignored by this (producer|consumer) instance"
+)
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -39,6 +44,10 @@ def fields(**values: Any) -> dict[str, Any]:
 class KafkaLogFilter(logging.Filter):
     """Turns confluent-kafka's `log(level, "%s [%s] %s", facility, client, text)` calls into
     the event `kafka_client_log` with the fields facility, client and detail.
+
+    The warning that a property is ignored by a client of the other kind (a consumer
+    property in a producer) is dropped: the operator's client properties go to every client
+    by design.
 
     While a broker is down, each client retries its connections many times a second and
     librdkafka logs every failure: a line that repeats one already logged by the same client
@@ -56,6 +65,8 @@ class KafkaLogFilter(logging.Filter):
         if not (isinstance(args, tuple) and len(args) == 3 and record.msg == "%s [%s] %s"):
             return True
         facility, client, detail = (str(a) for a in args)
+        if facility == "CONFWARN" and _OTHER_KIND.search(detail):
+            return False  # every client gets every client property (docs/configuration.md)
         values: dict[str, Any] = {"facility": facility, "client": client, "detail": detail}
         key = (client, facility, _DIGITS.sub("0", detail))
         now = time.monotonic()

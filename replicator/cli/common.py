@@ -30,7 +30,7 @@ def load_or_exit() -> Settings:
         settings = load_settings()
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
-    register_secrets(secrets_of(settings))
+    register_secrets(secrets_of(settings) + settings.client_properties.secret_values())
     return settings
 
 

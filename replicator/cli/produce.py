@@ -14,7 +14,7 @@ import typer
 
 from replicator.cli.common import JsonOpt, OutputOpt, check_output, emit_report
 from replicator.cli.progress import CliProgress
-from replicator.config import DEFAULT_SCHEMAS_DIR
+from replicator.config import DEFAULT_SCHEMAS_DIR, load_client_properties
 from replicator.devtools.produce import ProduceError, ProduceReport, produce
 from replicator.devtools.synthetic import BAD_KINDS
 from replicator.errors import ConfigError
@@ -37,7 +37,8 @@ def produce_command(
         typer.Option(
             "--bootstrap",
             envvar="REPLICATOR_KAFKA_BOOTSTRAP",
-            help="Kafka bootstrap servers, host:port[,host:port] (plaintext).",
+            help="Kafka bootstrap servers, host:port[,host:port] (plaintext; the client "
+            "properties REPLICATOR_KAFKA_PROPERTY_* and REPLICATOR_KAFKA_PROPERTIES_FILE apply).",
         ),
     ],
     count: Annotated[
@@ -87,11 +88,12 @@ def produce_command(
     delivered, 1 not every record delivered or the broker unreachable, 2 bad arguments."""
     check_output(output)
     try:
+        conf = load_client_properties(bootstrap)
         registry = SchemaRegistry.load(schemas_dir)
         start = _parse_time(start_time) if start_time else None
         with CliProgress("produce", "records delivered") as progress:
             report = produce(
-                {"bootstrap.servers": bootstrap},
+                conf,
                 _csv(topics) or [],
                 count or None,
                 rate,

@@ -28,6 +28,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
+from replicator import client_properties
 from replicator.config import DEFAULT_SCHEMAS_DIR, Settings
 
 ENV_PREFIX = "REPLICATOR_"
@@ -179,12 +180,77 @@ empty, `.` or `..` segment; bucket and container names follow S3's and Azure's r
 S3 endpoint is an `http(s)://` URL; CA files and the schemas folder exist; durations are
 finite; `max_buffer_bytes` holds, for each store, one chunk of `chunk_max_bytes` and one
 record of `max_record_bytes`; a SASL mechanism goes with a `SASL_*` protocol and both need
-the user name and password; a secret is not empty and holds one line, the Azure connection
+the user name and password (OAUTHBEARER takes neither); a secret is not empty and holds one line, the Azure connection
 string has an account key or a SAS, the SSE-C key is base64 of 32 bytes. A file of
 `REPLICATOR_SECRETS_DIR` that is a broken link, a folder, unreadable, not UTF-8, empty or
 over 64 KiB is refused the same way. A `REPLICATOR_*` variable (or a secret file) that
 names no setting is not an error: it gets a `warning: ...` line naming the closest setting.
 """
+
+
+CLIENT_PROPERTIES = """\
+
+## Any Kafka client property
+
+Any librdkafka property (the `CONFIGURATION.md` of librdkafka) reaches every Kafka client
+the product makes: the service's consumer, its dead-letter producer, its admin clients, the
+lag monitor's and the catch-up's consumers, and the clients of `check`, `verify`, `repair`,
+`replay`, `audit`, `cutover`, `status` and `produce`. docs/production.md has working sets
+for Azure Event Hubs, Confluent Cloud, mTLS and OAUTHBEARER. Two sources, both optional:
+
+- **Environment variables** `REPLICATOR_KAFKA_PROPERTY_<NAME>`. The name after the prefix
+  is lower-cased, then `_` becomes `.`, `__` becomes `_` and `___` becomes `-` (the
+  convention of Confluent's container images): `REPLICATOR_KAFKA_PROPERTY_CLIENT_ID` is
+  `client.id`, `REPLICATOR_KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_SECRET` is
+  `sasl.oauthbearer.client.secret`.
+- **A properties file** named by `REPLICATOR_KAFKA_PROPERTIES_FILE` (mount it from a
+  Secret). The subset of Java's `.properties` syntax read: one `key=value` per line, the key
+  and the value stripped of surrounding spaces, the value everything after the first `=`
+  (it may hold `=`); blank lines and lines starting with `#` or `!` are comments. Refused
+  rather than misread: a line without `=`, a line ending with a backslash (continued lines),
+  a key given twice, a key that is not a property name (lower-case letters and digits
+  separated by `.`, `_` or `-`), an empty value. No escape is interpreted. UTF-8, at most
+  1 MiB.
+
+A property given in both takes the **environment variable's** value (as a variable wins over
+a file of `REPLICATOR_SECRETS_DIR`). An empty variable is refused (unset it to keep
+librdkafka's default).
+
+At start-up (and in `replicator config` and `check`) every property is checked before any
+connection: a name librdkafka does not know, a bad value, a missing companion property (e.g.
+`sasl.oauthbearer.method=oidc` without `sasl.oauthbearer.token.endpoint.url`) or a key file
+that cannot be loaded is refused by building a throwaway client that connects to nothing:
+exit 2 and one line naming the variable (or the file's line) and librdkafka's reason.
+A property meant for consumers only (or producers only) is given to every client; librdkafka
+ignores it in the clients of the other kind (its warning saying so is not logged).
+
+`client.id`, when given, is the id of every client (broker quotas are per client id);
+otherwise each client names itself (`replicator-<version>`, `replicator-audit`, ...).
+
+**Printing.** `replicator config` lists the properties under `kafka_properties`, and shows
+a value only for a property known to hold no secret: the names below, and names ending in
+`.ms`, `.bytes`, `.kbytes`, `.messages`, `.max`, `.min`, `.num` or `.count` that say
+nothing of a secret. Every other value prints as `**********`. The values of properties
+whose names suggest a secret (`pass`, `secret`, `token`, `key`, `jaas`, `pem`,
+`credential`, `private`, `keytab`, `oauthbearer.config`) are also masked in every log line
+and error. Values shown: {safe}.
+
+**Refused properties.** The service sets these itself, so each is refused (exit 2, one line
+naming the variable or file line, the property and why), as is any name ending in `_cb` or
+starting with `on_` (Python callbacks, not librdkafka properties):
+
+| Property | Why |
+|---|---|
+{owned}
+"""
+
+
+def client_properties_text() -> str:
+    owned = "\n".join(
+        f"| `{name}` | {_cell(why)} |" for name, why in client_properties.OWNED.items()
+    )
+    safe = ", ".join(f"`{name}`" for name in sorted(client_properties.SAFE_NAMES))
+    return CLIENT_PROPERTIES.format(owned=owned, safe=safe)
 
 
 def render() -> str:
@@ -204,7 +270,8 @@ def render() -> str:
                 f"| `{name}` | `{env_name(name)}` | {_cell(type_text(info.annotation))} "
                 f"| {_cell(default_text(name, info))} | {description_text(name, info)} |"
             )
-    return "\n".join(out) + "\n"
+    out.append(client_properties_text())
+    return "\n".join(out)
 
 
 # ---- the chart's schema -------------------------------------------------------------------

@@ -47,7 +47,7 @@ class KafkaView:
             "auto.offset.reset": "earliest",
             # Single reads (time lookups) and short ranges answer quickly.
             "fetch.wait.max.ms": 20,
-            "client.id": f"replicator-{purpose}",
+            "client.id": settings.client_id(f"replicator-{purpose}"),
         }
         self._consumer = Consumer(conf)
         self._closed = False

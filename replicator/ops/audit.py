@@ -492,7 +492,7 @@ def _consumer(ctx: OpsContext, memory: int) -> Consumer:
             "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS,
             "queued.max.messages.kbytes": max(1024, memory // 4 // 1024),
             "max.partition.fetch.bytes": min(16 << 20, max(1 << 20, memory // 8)),
-            "client.id": "replicator-audit",
+            "client.id": ctx.settings.client_id("replicator-audit"),
         }
     )
 

@@ -101,7 +101,7 @@ def live_consumer_config(settings: Settings) -> dict[str, Any]:
         "heartbeat.interval.ms": max(settings.session_timeout_ms // 5, 500),
         "partition.assignment.strategy": "range",
         "enable.partition.eof": False,
-        "client.id": f"replicator-{__version__}",
+        "client.id": settings.client_id(f"replicator-{__version__}"),
     }
 
 

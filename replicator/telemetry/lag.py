@@ -255,7 +255,7 @@ class LagMonitor:
                     "fetch.wait.max.ms": 100,
                     "max.partition.fetch.bytes": 65536,
                     "queued.max.messages.kbytes": 1024,
-                    "client.id": "replicator-lag-monitor",
+                    "client.id": self.settings.client_id("replicator-lag-monitor"),
                 }
             )
         return self._reader
@@ -281,7 +281,7 @@ class LagMonitor:
             progress = ProgressLog(
                 self.settings.kafka_common(),
                 self.settings.progress_group(store),
-                client_id=f"replicator-lag-monitor-{store}",
+                client_id=self.settings.client_id(f"replicator-lag-monitor-{store}"),
             )
             self._progress[store] = progress
         return progress.committed(tps, timeout=self._timeout)

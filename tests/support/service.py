@@ -47,11 +47,14 @@ class Service:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # Variables beside the settings (e.g. REPLICATOR_KAFKA_PROPERTY_*), set before start().
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> Service:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
         env.update(settings_env(self.settings))
         env["REPLICATOR_LOG_FORMAT"] = "json"
+        env.update(self.extra_env)
         self.starts += 1
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the handle
             self.proc = subprocess.Popen(

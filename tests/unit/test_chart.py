@@ -153,6 +153,13 @@ def test_values_pass_the_schema() -> None:
         {"config.kafka_sasl_password": "x"},
         {"config.no_such_setting": "x"},
         {"extraEnv": [{"name": "REPLICATOR_S3_SECRET_KEY", "value": "x"}]},
+        {"extraEnv": [{"name": "REPLICATOR_KAFKA_PROPERTY_SSL_KEY_PASSWORD", "value": "x"}]},
+        {
+            "extraEnv": [
+                {"name": "REPLICATOR_KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_SECRET", "value": "x"}
+            ]
+        },
+        {"kafkaClient.mountPath": "relative"},
         {"securityContext.readOnlyRootFilesystem": False},
         {"securityContext.allowPrivilegeEscalation": True},
         {"podSecurityContext.runAsNonRoot": False},
@@ -359,6 +366,31 @@ def test_replicas_up_to_the_partition_count(case: tuple[dict[str, Any], Manifest
 def test_inconsistent_values_are_refused(change: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=re.escape(message)):
         render(with_values(None, **change))
+
+
+def test_kafka_client_properties_from_a_secret() -> None:
+    """The Secret of client properties is mounted whole (the properties file and the files it
+    names) and its file is REPLICATOR_KAFKA_PROPERTIES_FILE; without it, neither."""
+    values = with_values(None, **{"kafkaClient.existingSecret": "kafka-client"})
+    manifests = render(values)
+    env = {e["name"]: e.get("value") for e in container(manifests).get("env", [])}
+    assert (
+        env["REPLICATOR_KAFKA_PROPERTIES_FILE"] == "/etc/replicator/kafka-client/client.properties"
+    )
+    mounts = {m["name"]: m for m in container(manifests)["volumeMounts"]}
+    assert mounts["kafka-client"] == {
+        "name": "kafka-client",
+        "mountPath": "/etc/replicator/kafka-client",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in pod_spec(manifests)["volumes"]}
+    assert volumes["kafka-client"]["secret"]["secretName"] == "kafka-client"
+    no_file = render(with_values(values, **{"kafkaClient.propertiesKey": ""}))
+    env_names = {e["name"] for e in container(no_file).get("env", [])}
+    assert "REPLICATOR_KAFKA_PROPERTIES_FILE" not in env_names
+    assert "kafka-client" in {m["name"] for m in container(no_file)["volumeMounts"]}
+    none = render()
+    assert "kafka-client" not in json.dumps(one(none, "Deployment"))
 
 
 def test_one_store_needs_only_its_secret() -> None:

@@ -16,7 +16,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "replicator"
 
-BASE = {"replicator", "config", "config_checks", "errors", "logs", "keys", "schemas", "model"}
+BASE = {
+    "replicator",
+    "config",
+    "config_checks",
+    "client_properties",
+    "errors",
+    "logs",
+    "keys",
+    "schemas",
+    "model",
+}
 MIDDLE = {"container", "chunking", "judge", "stores", "kafka", "telemetry"}
 RANKS = {
     **dict.fromkeys(BASE, 0),
