@@ -143,9 +143,10 @@ class Producing:
         assert self.producer.flush(30) == 0
 
     def ends(self) -> dict[TP, int]:
-        ends = {(t, p): 0 for t in self.settings.topics for p in range(PARTITIONS)}
+        """The next offset of each partition written to (an empty one has no commit)."""
+        ends: dict[TP, int] = {}
         for tp, offset in [*self.good, *self.bad]:
-            ends[tp] = max(ends[tp], offset + 1)
+            ends[tp] = max(ends.get(tp, 0), offset + 1)
         return ends
 
 
