@@ -424,7 +424,7 @@ class Settings(BaseSettings):
     @field_validator("schema_registry_url")
     @classmethod
     def _registry_urls(cls, value: list[str]) -> list[str]:
-        return [checks.check_url(url) for url in value]
+        return [checks.check_registry_url(url) for url in value]
 
     @field_validator("schema_record_names")
     @classmethod

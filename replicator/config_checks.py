@@ -272,6 +272,17 @@ def check_schema_topics(value: Mapping[str, str]) -> dict[str, str]:
 _AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+def check_registry_url(value: str) -> str:
+    """A schema registry URL: as `check_url`, and credentials are refused without showing
+    the URL (they belong in REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH, a secret)."""
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "credentials in the URL (not shown): give them in REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH"
+        )
+    return check_url(value)
+
+
 def check_record_names(value: Mapping[str, str]) -> dict[str, str]:
     """{topic: 'full.Name1,full.Name2'}: Kafka topic names, Avro full names."""
     for topic, names in value.items():

@@ -174,8 +174,12 @@ class SchemaResolver:
         schemas_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, int], None] | None = None,
+        topics: Iterable[str] | None = None,
     ) -> None:
         self.registry = registry
+        # the (registry) topics replicated: a schema of none of them is never added to the
+        # judge's registry (it stays in the bounded cache); None: every topic
+        self.topics = None if topics is None else frozenset(topics)
         self.strategy = strategy
         self.record_names = {t: tuple(n) for t, n in (record_names or {}).items()}
         self.client = client
@@ -208,6 +212,7 @@ class SchemaResolver:
             retry_max_s=settings.schema_registry_retry_max_s,
             schemas_dir=None if settings.schema_registry_url else settings.schemas_dir,
             on_change=on_change,
+            topics={settings.schema_topic(t) for t in settings.topics},
         )
 
     # ------------------------------------------------------------------ lookups by id
@@ -274,6 +279,8 @@ class SchemaResolver:
             return Lookup(None, ("undecodable", f"schema id {schema_id}: {exc}"))
         subjects = [s for s, _v in pairs]
         topics = topics_of(self.strategy, subjects, named.name, self.record_names)
+        if self.topics is not None:
+            topics &= self.topics
         subject, version = next(
             (
                 (s, v)
