@@ -138,6 +138,7 @@ class FakeRegistry:
     def __init__(self) -> None:
         self.schemas: dict[int, tuple[str, list[Pair]]] = {}
         self.failure: BaseException | None = None
+        self.override: Found | None = None  # the answer to every get_schema
         self.calls = 0
 
     def get_schema(self, schema_id: int) -> Found:
@@ -146,7 +147,7 @@ class FakeRegistry:
             raise self.failure
         if schema_id not in self.schemas:
             raise ClientError(404, 40403, "Schema not found")
-        return Found(self.schemas[schema_id][0])
+        return self.override or Found(self.schemas[schema_id][0])
 
     def get_schema_versions(self, schema_id: int) -> list[Pair]:
         return self.schemas[schema_id][1]
@@ -235,8 +236,12 @@ def test_an_outage_backs_off_and_the_next_answer_ends_it() -> None:
     assert res.outage == "the schema registry does not answer: HTTP 503 (error code 50301)"
     fake.failure = None
     assert res.lookup(5).schema is not None
-    assert (res.outage, res.failures) == (None, 0)
+    assert state_of(res) == (None, 0)
     assert changes == [("down", 1), ("down", 2), ("down", 3), ("up", 0)]
+
+
+def state_of(res: SchemaResolver) -> tuple[str | None, int]:
+    return res.outage, res.failures
 
 
 @given(failures=st.integers(1, 60), cap=st.floats(0.5, 60))
@@ -261,8 +266,8 @@ def test_a_schema_the_judge_cannot_read_is_a_reason_not_an_outage(
 ) -> None:
     fake, clock = FakeRegistry(), Clock()
     res = resolver(fake, clock)
-    fake.get_schema = lambda _id: found  # type: ignore[method-assign]
-    fake.get_schema_versions = lambda _id: [Pair("snds.reimbursements-value", 1)]  # type: ignore[method-assign]
+    fake.schemas[4] = ("", [Pair("snds.reimbursements-value", 1)])
+    fake.override = found
     lookup = res.lookup(4)
     assert lookup.schema is None and lookup.problem is not None
     assert lookup.problem[0] == "undecodable" and problem in lookup.problem[1]
