@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from replicator.config import Settings
@@ -66,11 +64,10 @@ def classify(exc: BaseException) -> Outcome:
     """What a failed lookup means: "not_found" only for the registry's definite answer
     (HTTP 404 with error code 40403); "hold" for everything else (a network error, a
     timeout, 5xx, 429, 401/403, another 404 such as a proxy's, a malformed answer)."""
-    if (
-        isinstance(exc, ClientError)
-        and exc.http_status_code == 404
-        and exc.error_code == SCHEMA_NOT_FOUND
-    ):
+    # confluent-kafka's SchemaRegistryError, read by its attributes (its module is imported
+    # only in registry server mode: see make_client)
+    status = getattr(exc, "http_status_code", None)
+    if status == 404 and getattr(exc, "error_code", None) == SCHEMA_NOT_FOUND:
         return "not_found"
     return "hold"
 
@@ -78,8 +75,9 @@ def classify(exc: BaseException) -> Outcome:
 def describe(exc: BaseException) -> str:
     """A failed lookup in a few words, without URL or credentials (an httpx error's text
     may carry the URL; only its type is said)."""
-    if isinstance(exc, ClientError):
-        return f"HTTP {exc.http_status_code} (error code {exc.error_code})"
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int):
+        return f"HTTP {status} (error code {getattr(exc, 'error_code', None)})"
     return type(exc).__name__
 
 
@@ -116,10 +114,14 @@ def client_conf(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def make_client(settings: Settings) -> SchemaRegistryClient | None:
+def make_client(settings: Settings) -> Lookups | None:
     """The registry server's client, or None in file mode."""
     if not settings.schema_registry_url:
         return None
+    # Imported here, in registry server mode only: the client and its HTTP and OAuth
+    # libraries cost about 0.2 s of CPU to import, which file mode has no use for.
+    from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: PLC0415
+
     try:
         return SchemaRegistryClient(client_conf(settings))
     except (ValueError, TypeError, OSError) as exc:  # a bad certificate, key or URL
