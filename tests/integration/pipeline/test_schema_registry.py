@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import struct
@@ -331,37 +332,49 @@ def test_each_subject_name_strategy_stores_its_records_and_refuses_another_topic
     assert_outcome(settings, stack, producing)
 
 
-def test_the_file_registry_is_reloaded_on_sighup_and_a_broken_file_refused(
+def test_the_file_registry_is_reloaded_on_sighup_or_a_new_mtime_and_a_broken_file_refused(
     stack: Any, settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     schemas = tmp_path / "schemas"
     shutil.copytree(DEFAULT_SCHEMAS_DIR, schemas)
-    entries = json.loads((schemas / "registry.json").read_text())
-    without_v2 = {k: v for k, v in entries.items() if v["version"] == 1}
-    (schemas / "registry.json").write_text(json.dumps(without_v2))
-    settings = settings_factory(schemas_dir=schemas, schemas_reload_interval_s=0)
-    a, _b = settings.topics
+    path = schemas / "registry.json"
+    entries = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in entries.items() if v["version"] == 1}))
+    settings = settings_factory(schemas_dir=schemas, schemas_reload_interval_s=0.5)
+    a, b = settings.topics
     producing = FileProducing(settings)
     producing.send(a, version(REIMBURSEMENTS_TOPIC, 1), 30)
     service = Service(settings, tmp_path).start()
     try:
         wait_committed(settings.kafka_bootstrap, groups(settings), producing.ends(), 90, [service])
-        (schemas / "registry.json").write_text(json.dumps(entries))
         assert service.proc is not None
+        # SIGHUP: a new file under the old modification time (the poll cannot see it)
+        before = path.stat()
+        path.write_text(json.dumps({k: v for k, v in entries.items() if k != "4"}))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         service.proc.send_signal(signal.SIGHUP)
         wait_for_log(service, '"schemas_reloaded"')
         producing.send(a, version(REIMBURSEMENTS_TOPIC, 2), 30)
         wait_committed(settings.kafka_bootstrap, groups(settings), producing.ends(), 90, [service])
-        # a broken file: refused, the registry known so far kept
-        (schemas / "registry.json").write_text('{"1": {"subject": "x"')
-        service.proc.send_signal(signal.SIGHUP)
+        # a mounted ConfigMap replaced: a new modification time, no signal
+        replaced = schemas / "registry.json.new"
+        replaced.write_text(json.dumps(entries))
+        replaced.replace(path)
+        wait_for_log(service, '"schemas_reloaded"', more_than=1)
+        producing.send(b, version(PRESCRIPTIONS_TOPIC, 2), 30)
+        wait_committed(settings.kafka_bootstrap, groups(settings), producing.ends(), 90, [service])
+        # a broken file: refused, the schemas known so far kept
+        path.write_text('{"1": {"subject": "x"')
         wait_for_log(service, '"schemas_reload_refused"')
         producing.send(a, version(REIMBURSEMENTS_TOPIC, 2), 10)
+        producing.send(b, version(PRESCRIPTIONS_TOPIC, 2), 10)
         wait_committed(settings.kafka_bootstrap, groups(settings), producing.ends(), 90, [service])
         assert service.alive()
     finally:
         assert service.stop() == 0
     assert_outcome(settings, stack, producing)
+    log = service.log_text()
+    assert log.count('"schemas_reloaded"') == 2 and log.count('"schemas_reload_refused"') == 1
 
 
 class FileProducing(Producing):
