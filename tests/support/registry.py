@@ -47,6 +47,7 @@ class RegistryState:
         self.fail: Failure | None = None
         self.hang_s = 30.0
         self.requests: list[tuple[str, str]] = []  # (method, path), for the tests to read
+        self.authorizations: set[str] = set()  # the Authorization headers seen
 
     def register(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
         text = str(body["schema"])
@@ -93,6 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         path = urlsplit(self.path).path
         state.requests.append((method, path))
+        state.authorizations.add(self.headers.get("Authorization") or "")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         fail = state.fail

@@ -18,6 +18,7 @@ as real producers do. Kafka, S3 and Azure are the real local servers. Covered:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -67,6 +68,7 @@ from tests.support.service import Service, wait_committed
 pytestmark = pytest.mark.integration
 
 FILE_REGISTRY = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
+PASSWORD = "registry-pa55word-not-to-be-seen"
 STRATEGIES: dict[str, Callable[..., Any]] = {
     "topic": topic_subject_name_strategy,
     "record": record_subject_name_strategy,
@@ -212,7 +214,12 @@ def registry_settings(
 def test_a_schema_registered_while_running_is_stored_and_an_unknown_id_dead_lettered(
     stack: Any, settings_factory: Callable[..., Settings], registry: TestRegistry, tmp_path: Path
 ) -> None:
-    settings = registry_settings(settings_factory, registry, decode_workers=1)
+    settings = registry_settings(
+        settings_factory,
+        registry,
+        decode_workers=1,
+        schema_registry_basic_auth=f"replicator:{PASSWORD}",
+    )
     a, b = settings.topics
     producing = Producing(settings, registry, "topic")
     producing.send(a, version(REIMBURSEMENTS_TOPIC, 1), 60)
@@ -229,7 +236,12 @@ def test_a_schema_registered_while_running_is_stored_and_an_unknown_id_dead_lett
     finally:
         assert service.stop() == 0
     assert_outcome(settings, stack, producing)
-    assert service.log_text().count('"schema_added"') == 4
+    log = service.log_text()
+    assert log.count('"schema_added"') == 4
+    # the service authenticates with its basic auth, and its password is nowhere in the log
+    basic = "Basic " + base64.b64encode(f"replicator:{PASSWORD}".encode()).decode()
+    assert basic in registry.state.authorizations
+    assert PASSWORD not in log and basic not in log
 
 
 def test_a_registry_outage_holds_the_partitions_and_dead_letters_nothing(
