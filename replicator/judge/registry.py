@@ -131,6 +131,26 @@ def make_client(settings: Settings) -> Lookups | None:
         ) from None
 
 
+def probe(settings: Settings) -> str:
+    """What `replicator check` says of the writer schemas' source: the file's schema count,
+    or the registry server's subject count (one request, `GET /subjects`). Raises
+    ``ConfigError`` for a file that does not load, ``RegistryUnavailable`` for a server
+    that gives no answer (described without URL or credentials)."""
+    client = make_client(settings)
+    if client is None:
+        registry = initial_registry(settings)
+        return f"file {settings.schemas_dir / 'registry.json'}: {len(registry)} schema(s)"
+    try:
+        subjects = getattr(client, "get_subjects")()  # noqa: B009 - not in the Lookups protocol
+    except Exception as exc:  # any failure: said in a few words
+        raise RegistryUnavailable(describe(exc)) from None
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+    return f"{len(settings.schema_registry_url)} URL(s): {len(subjects)} subject(s)"
+
+
 def initial_registry(settings: Settings) -> SchemaRegistry:
     """The judge's registry at start: the file's schemas in file mode, none with a server
     (they are looked up on first use)."""

@@ -45,6 +45,7 @@ from replicator.config import DEFAULT_SCHEMAS_DIR, Settings
 from replicator.devtools.stack import DEMO_TOPICS
 from replicator.devtools.synthetic import SyntheticSource
 from replicator.model import TP
+from replicator.ops.check import CheckResult, check_schemas
 from replicator.schemas import (
     PRESCRIPTIONS_TOPIC,
     REIMBURSEMENTS_TOPIC,
@@ -412,3 +413,20 @@ class FileProducing(Producing):
             record = {name: record.get(name) for name in schema.field_names}
             self._produce(topic, key, encode_wire(schema, record), schema, expect)
         self.flush()
+
+
+def test_check_says_whether_the_schemas_source_answers(
+    settings_factory: Callable[..., Settings], registry: TestRegistry
+) -> None:
+    server = registry_settings(settings_factory, registry)
+    Producing(server, registry, "topic").send(server.topics[0], version(REIMBURSEMENTS_TOPIC, 1), 1)
+    assert check_schemas(server) == [CheckResult("schemas", True, "1 URL(s): 1 subject(s)")]
+    with registry.outage("503"):
+        assert check_schemas(server) == [
+            CheckResult("schemas", False, "HTTP 503 (error code 50301)")
+        ]
+    with registry.outage("close"):
+        [result] = check_schemas(server)
+        assert not result.ok and "://" not in result.detail
+    [file] = check_schemas(settings_factory())
+    assert file.ok and file.detail.endswith("registry.json: 4 schema(s)")
