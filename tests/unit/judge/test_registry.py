@@ -43,6 +43,7 @@ from replicator.schemas import (
     from_spec,
     topics_of,
 )
+from tests.support.nirs import nir_groups
 
 FILE = SchemaRegistry.load(DEFAULT_SCHEMAS_DIR)
 REIMBURSEMENT_V2 = FILE.get(3)
@@ -355,3 +356,23 @@ def test_the_file_is_reloaded_with_its_new_ids_and_a_bad_file_refused(tmp_path: 
         path.write_text(broken)
         assert res.reload_file() == 0
         assert res.registry.ids() == (1, 2, 3, 4)
+
+
+def test_a_string_field_the_rules_do_not_know_is_scanned_for_a_nir_in_a_new_schema() -> None:
+    """A version 3 first seen at run time adds a free-text field no rule names: a NIR in it
+    is a direct identifier on every path (the C walk scans unknown strings too)."""
+    raw = json.loads(REIMBURSEMENT_V2.schema_json)
+    raw["fields"].append({"name": "free_note", "type": ["null", "string"], "default": None})
+    v3 = from_spec((9, "snds.reimbursements-value", 3, ("snds.reimbursements",), json.dumps(raw)))
+    registry = SchemaRegistry({1: FILE.get(1)})
+    assert registry.add(v3)
+    source = SyntheticSource(5, FILE, v2_share=1.0)
+    nir = " ".join(nir_groups("1", 85, 5, "75", 108, 42))
+    clean, leaking = [], []
+    for _ in range(20):
+        record = source.next("snds.reimbursements")[1]
+        clean.append(encode_wire(v3, {**record, "free_note": "called back on Tuesday"}))
+        leaking.append(encode_wire(v3, {**record, "free_note": f"patient {nir} called"}))
+    verdicts = judge_items(registry, _items("snds.reimbursements", clean + leaking), 1 << 20)
+    assert verdicts[:20] == [(9, "", "")] * 20
+    assert {v[1] for v in verdicts[20:]} == {"direct_identifier"}
