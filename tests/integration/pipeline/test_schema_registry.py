@@ -245,11 +245,18 @@ def test_a_schema_registered_while_running_is_stored_and_an_unknown_id_dead_lett
     assert PASSWORD not in log and basic not in log
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["judged in the loop", "judged in a worker"])
 def test_a_registry_outage_holds_the_partitions_and_dead_letters_nothing(
-    stack: Any, settings_factory: Callable[..., Settings], registry: TestRegistry, tmp_path: Path
+    stack: Any,
+    settings_factory: Callable[..., Settings],
+    registry: TestRegistry,
+    tmp_path: Path,
+    workers: int,
 ) -> None:
     port = free_port()
-    settings = registry_settings(settings_factory, registry, metrics_port=port)
+    settings = registry_settings(
+        settings_factory, registry, metrics_port=port, decode_workers=workers
+    )
     a, b = settings.topics
     base = f"http://127.0.0.1:{port}"
     producing = Producing(settings, registry, "topic")
