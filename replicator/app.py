@@ -24,9 +24,9 @@ from tenacity import (
 
 from replicator.config import Settings
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.judge.registry import initial_registry
 from replicator.logs import fields
 from replicator.pipeline.service import Replicator
-from replicator.schemas import SchemaRegistry
 from replicator.stores.factory import build_stores
 from replicator.stores.retirement import retired_stores
 from replicator.telemetry.lag import LagMonitor
@@ -119,7 +119,7 @@ def run_service(settings: Settings) -> None:
 
 
 def _start_and_run(settings: Settings, metrics: Metrics, probes: Probes) -> None:
-    registry = SchemaRegistry.load(settings.schemas_dir)
+    registry = initial_registry(settings)
     log.info("configuration", extra=fields(**settings.printable()))
     probes.starting(WAITING_FOR_BROKER, f"waiting for Kafka at {settings.kafka_bootstrap}")
     wait_for_broker(

@@ -283,7 +283,70 @@ class Settings(BaseSettings):
 
     # --- Service -----------------------------------------------------------------------
     schemas_dir: Path = Field(
-        default=DEFAULT_SCHEMAS_DIR, description="Folder of the Avro schemas and registry.json"
+        default=DEFAULT_SCHEMAS_DIR,
+        description="Folder of the Avro schemas and registry.json: the writer schemas when "
+        "no REPLICATOR_SCHEMA_REGISTRY_URL is set (the offline mode); SIGHUP or a new "
+        "modification time of registry.json reloads it",
+    )
+    schemas_reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="How often the modification time of registry.json is checked (a mounted "
+        "ConfigMap changes it); 0: only SIGHUP reloads it",
+    )
+    # --- Schema registry server ----------------------------------------------------------
+    schema_registry_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Confluent-compatible schema registry URL(s), comma-separated (tried in "
+        "turn); empty: the schemas come from REPLICATOR_SCHEMAS_DIR",
+    )
+    schema_registry_basic_auth: SecretStr | None = Field(
+        default=None, description="Schema registry basic auth, 'user:password' (a secret)"
+    )
+    schema_registry_bearer_token: SecretStr | None = Field(
+        default=None, description="Schema registry bearer token (a secret)"
+    )
+    schema_registry_logical_cluster: str = Field(
+        default="",
+        description="With a bearer token: the registry's logical cluster id (Confluent "
+        "Cloud's lsrc-...), sent as target-sr-cluster",
+    )
+    schema_registry_ca_location: Path | None = Field(
+        default=None, description="CA bundle for the schema registry's TLS"
+    )
+    schema_registry_certificate_location: Path | None = Field(
+        default=None, description="Client certificate (PEM) for the schema registry's mTLS"
+    )
+    schema_registry_key_location: Path | None = Field(
+        default=None, description="Client private key (PEM) for the schema registry's mTLS"
+    )
+    schema_registry_timeout_s: float = Field(
+        default=10.0, gt=0, le=MAX_DURATION_S, description="Schema registry request timeout"
+    )
+    schema_registry_cache_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Schema ids whose lookup is kept (ids are immutable; least recently "
+        "used dropped first)",
+    )
+    schema_registry_retry_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Longest wait between two lookups while the schema registry does not "
+        "answer (the record's partition is held meanwhile, nothing dead-lettered)",
+    )
+    schema_subject_strategy: Literal["topic", "record", "topic-record"] = Field(
+        default="topic",
+        description="Subject name strategy of the producers: topic ('<topic>-value'), "
+        "record (the record's full name) or topic-record ('<topic>-<full name>'); a schema "
+        "not registered under its topic's subject is dead-lettered (wrong_topic_schema)",
+    )
+    schema_record_names: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="With the record strategy (a subject names no topic): JSON object "
+        "{topic: 'full.Name1,full.Name2'}, the record names allowed on each topic",
     )
     max_record_bytes: int = Field(
         default=1024 * 1024,
@@ -372,7 +435,22 @@ class Settings(BaseSettings):
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("schema_topics", mode="before")
+    @field_validator("schema_registry_url", mode="before")
+    @classmethod
+    def _url_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_urls(cls, value: list[str]) -> list[str]:
+        return [checks.check_registry_url(url) for url in value]
+
+    @field_validator("schema_record_names")
+    @classmethod
+    def _record_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return checks.check_record_names(value)
+
+    @field_validator("schema_topics", "schema_record_names", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         return checks.parse_json_object(value)
@@ -468,8 +546,28 @@ class Settings(BaseSettings):
             checks.check_azure_connection_string(value.get_secret_value())
         return value
 
+    @field_validator("schema_registry_basic_auth")
+    @classmethod
+    def _user_info(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            checks.check_user_info(value.get_secret_value())
+        return value
+
+    @field_validator("schema_registry_bearer_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            checks.check_secret(value.get_secret_value())
+        return value
+
     @field_validator(
-        "kafka_ssl_ca_location", "kafka_properties_file", "s3_ca_bundle", "azure_ca_bundle"
+        "kafka_ssl_ca_location",
+        "kafka_properties_file",
+        "s3_ca_bundle",
+        "azure_ca_bundle",
+        "schema_registry_ca_location",
+        "schema_registry_certificate_location",
+        "schema_registry_key_location",
     )
     @classmethod
     def _file(cls, value: Path | None) -> Path | None:
@@ -514,6 +612,32 @@ class Settings(BaseSettings):
             out.append(
                 "REPLICATOR_S3_SSE_CUSTOMER_KEY (SSE-C) cannot be combined with "
                 "REPLICATOR_S3_SSE: choose one server-side encryption"
+            )
+        if self.schema_registry_basic_auth and self.schema_registry_bearer_token:
+            out.append(
+                "REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH and REPLICATOR_SCHEMA_REGISTRY_BEARER_TOKEN "
+                "cannot be combined: choose one"
+            )
+        if (self.schema_registry_key_location is None) != (
+            self.schema_registry_certificate_location is None
+        ):
+            out.append(
+                "REPLICATOR_SCHEMA_REGISTRY_CERTIFICATE_LOCATION and "
+                "REPLICATOR_SCHEMA_REGISTRY_KEY_LOCATION go together"
+            )
+        if self.schema_subject_strategy == "record":
+            missing = [
+                t for t in self.topics if self.schema_topic(t) not in self.schema_record_names
+            ]
+            if missing:
+                out.append(
+                    "REPLICATOR_SCHEMA_SUBJECT_STRATEGY=record needs REPLICATOR_SCHEMA_RECORD_NAMES "
+                    "to name the records allowed on " + ", ".join(missing)
+                )
+        elif self.schema_record_names:
+            out.append(
+                "REPLICATOR_SCHEMA_RECORD_NAMES is for REPLICATOR_SCHEMA_SUBJECT_STRATEGY=record "
+                f"only, not {self.schema_subject_strategy}"
             )
         if self.dead_letter_topic in self.topics:
             out.append(
@@ -565,6 +689,13 @@ class Settings(BaseSettings):
     def schema_topic(self, topic: str) -> str:
         """The topic name the registry knows this topic's schemas by."""
         return self.schema_topics.get(topic, topic)
+
+    def record_names(self) -> dict[str, tuple[str, ...]]:
+        """The record full names allowed per (registry) topic under the record strategy."""
+        return {
+            topic: tuple(n.strip() for n in names.split(",") if n.strip())
+            for topic, names in self.schema_record_names.items()
+        }
 
     def progress_group(self, store: str) -> str:
         return f"{self.group_id}.{store}"

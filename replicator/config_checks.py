@@ -269,6 +269,42 @@ def check_schema_topics(value: Mapping[str, str]) -> dict[str, str]:
     return dict(value)
 
 
+_AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_registry_url(value: str) -> str:
+    """A schema registry URL: as `check_url`, and credentials are refused without showing
+    the URL (they belong in REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH, a secret)."""
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "credentials in the URL (not shown): give them in REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH"
+        )
+    return check_url(value)
+
+
+def check_record_names(value: Mapping[str, str]) -> dict[str, str]:
+    """{topic: 'full.Name1,full.Name2'}: Kafka topic names, Avro full names."""
+    for topic, names in value.items():
+        check_topic(topic)
+        listed = [n.strip() for n in names.split(",") if n.strip()]
+        if not listed:
+            raise ValueError(f"{topic!r}: no record name")
+        bad = [n for n in listed if not _AVRO_FULL_NAME.fullmatch(n)]
+        if bad:
+            raise ValueError(f"{topic!r}: {bad[0]!r} is not an Avro full name")
+    return dict(value)
+
+
+def check_user_info(value: str) -> str:
+    """'user:password' (the password is never named in the error)."""
+    check_secret(value)
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("must be 'user:password'")
+    return value
+
+
 # ---- the secret files -----------------------------------------------------------------------
 
 

@@ -209,5 +209,15 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # SDK loggers can print request URLs (with SAS tokens) and headers: keep them quiet.
-    for name in ("azure", "botocore", "boto3", "urllib3", "s3transfer"):
+    # httpx (the schema registry client) logs every request at INFO: one line per lookup
+    for name in (
+        "azure",
+        "botocore",
+        "boto3",
+        "urllib3",
+        "s3transfer",
+        "httpx",
+        "httpx2",
+        "httpcore",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)

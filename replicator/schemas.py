@@ -1,8 +1,19 @@
 """The schema registry (a directory of Avro schemas) and the Confluent wire format.
 
-Pure code: no network. The registry is the file ``registry.json`` next to the ``.avsc``
-files; it maps integer schema ids to ``{"subject": "<topic>-value", "file": "<name>.avsc",
-"version": n}``, the way a Confluent schema registry would.
+Pure code: no network. The registry file is ``registry.json`` next to the ``.avsc`` files;
+it maps integer schema ids to ``{"subject": "<topic>-value", "file": "<name>.avsc",
+"version": n}``, the way a Confluent schema registry would. A ``SchemaRegistry`` only grows
+(``add``): a schema id is immutable, so a schema once known keeps its meaning for the
+process's life (``judge.registry`` adds the schemas a schema registry server or a reloaded
+file names at run time).
+
+Subject name strategies (``SubjectStrategy``) say which topics a schema belongs to, from the
+subjects it is registered under: ``topic`` (the default, Confluent's TopicNameStrategy):
+subject ``<topic>-value``; ``topic-record`` (TopicRecordNameStrategy): subject
+``<topic>-<record full name>``; ``record`` (RecordNameStrategy): subject ``<record full
+name>``, which names no topic, so the topics allowed for a record name come from the
+configuration (``record_names``: topic -> full names; a name listed for no topic belongs to
+none).
 
 Wire format of a Kafka record value: magic byte ``0``, the schema id as a 4-byte big-endian
 unsigned integer, then the record in Avro binary encoding (no container, no sync marker).
@@ -24,7 +35,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -42,6 +53,9 @@ MAGIC_BYTE: Final = 0
 HEADER_SIZE: Final = 5
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
 SUBJECT_SUFFIX: Final = "-value"
+
+SubjectStrategy = Literal["topic", "record", "topic-record"]
+SUBJECT_STRATEGIES: Final[tuple[SubjectStrategy, ...]] = ("topic", "record", "topic-record")
 
 DecodeReason = Literal[
     "not_wire_format", "unknown_schema_id", "wrong_topic_schema", "undecodable", "oversized"
@@ -89,14 +103,24 @@ class RegisteredSchema:
 
     id: int
     subject: str
-    topic: str
+    topic: str  # the first of `topics`: the topic its compiled checks are made for
     version: int
-    file: str
+    file: str  # the file name in the directory; "" for a schema from a registry server
     parsed: dict[str, Any] = field(repr=False, compare=False)
     # the same schema without its logical-type annotations: what decode_wire reads with
     plain: dict[str, Any] = field(repr=False, compare=False)
     schema_json: str = field(repr=False)
     fingerprint: str = field(repr=False)
+    # every topic the schema belongs to under the subject name strategy (see the module)
+    topics: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.topics and self.topic:
+            object.__setattr__(self, "topics", frozenset({self.topic}))
+
+    def spec(self) -> SchemaSpec:
+        """What another process needs to rebuild this schema (`from_spec`): plain values."""
+        return (self.id, self.subject, self.version, tuple(sorted(self.topics)), self.schema_json)
 
     @property
     def name(self) -> str:
@@ -122,23 +146,121 @@ class Decoded:
     body: bytes
 
 
+# id, subject, version, topics, schema JSON: a schema as plain values (to a worker process)
+SchemaSpec = tuple[int, str, int, tuple[str, ...], str]
+
+
+def topics_of(
+    strategy: SubjectStrategy,
+    subjects: Iterable[str],
+    name: str,
+    record_names: Mapping[str, Iterable[str]] | None = None,
+) -> frozenset[str]:
+    """The topics a schema whose record full name is ``name`` belongs to, when it is
+    registered under ``subjects`` (see the module docstring)."""
+    out: set[str] = set()
+    for subject in subjects:
+        if strategy == "topic":
+            if subject.endswith(SUBJECT_SUFFIX) and len(subject) > len(SUBJECT_SUFFIX):
+                out.add(subject[: -len(SUBJECT_SUFFIX)])
+        elif strategy == "topic-record":
+            suffix = "-" + name
+            if subject.endswith(suffix) and len(subject) > len(suffix):
+                out.add(subject[: -len(suffix)])
+        elif subject == name:
+            out.update(t for t, names in (record_names or {}).items() if name in names)
+    return frozenset(out)
+
+
+def schema_from_json(
+    schema_id: int,
+    subject: str,
+    version: int,
+    topics: Iterable[str],
+    text: str,
+    file: str = "",
+) -> RegisteredSchema:
+    """A registered schema from its JSON text; ``ValueError`` (naming no record content)
+    when the text is not an Avro record schema."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(raw, dict) or raw.get("type") != "record":
+        raise ValueError("not an Avro record schema")
+    try:
+        parsed = parse_schema(raw)
+        plain = parse_schema(_without_logical_types(raw))
+        canonical = to_parsing_canonical_form(raw)
+    except Exception as exc:  # fastavro raises several types for a bad schema
+        raise ValueError(f"not a valid Avro schema: {exc}") from None
+    assert isinstance(parsed, dict) and isinstance(plain, dict)  # a record schema parses to a dict
+    ordered = sorted(topics)
+    return RegisteredSchema(
+        id=schema_id,
+        subject=subject,
+        topic=ordered[0] if ordered else "",
+        version=version,
+        parsed=parsed,
+        schema_json=json.dumps(raw, separators=(",", ":"), ensure_ascii=True),
+        fingerprint=fingerprint(canonical, "SHA-256"),
+        file=file,
+        plain=plain,
+        topics=frozenset(ordered),
+    )
+
+
+def from_spec(spec: SchemaSpec) -> RegisteredSchema:
+    schema_id, subject, version, topics, text = spec
+    return schema_from_json(schema_id, subject, version, topics, text)
+
+
 class SchemaRegistry:
-    """Registered schemas by id, read from a directory. Immutable after ``load``."""
+    """Registered schemas by id. It only grows (`add`): ids are immutable, so what a lookup
+    returned stays true; `generation` counts the additions (for caches built from it)."""
 
     def __init__(self, schemas: Mapping[int, RegisteredSchema]) -> None:
-        self._by_id: dict[int, RegisteredSchema] = dict(sorted(schemas.items()))
-        # the same, keyed by the 4 bytes of the id as the wire header carries them
-        self._by_header = {i.to_bytes(4, "big"): s for i, s in self._by_id.items()}
-        by_topic: dict[str, list[RegisteredSchema]] = {}
-        for schema in self._by_id.values():
-            by_topic.setdefault(schema.topic, []).append(schema)
-        self._by_topic: dict[str, tuple[RegisteredSchema, ...]] = {
-            topic: tuple(sorted(items, key=lambda s: s.version))
-            for topic, items in by_topic.items()
-        }
+        self._by_id: dict[int, RegisteredSchema] = {}
+        # the same, keyed by the 4 bytes of the id as the wire header carries them (the same
+        # dict object for the registry's life: the judge keeps a reference to it)
+        self._by_header: dict[bytes, RegisteredSchema] = {}
+        self._by_topic: dict[str, tuple[RegisteredSchema, ...]] = {}
+        self.generation = 0
+        self.added: tuple[RegisteredSchema, ...] = ()  # added after construction, in order
+        for _id, schema in sorted(schemas.items()):
+            self._put(schema)
+
+    def _put(self, schema: RegisteredSchema) -> None:
+        self._by_id[schema.id] = schema
+        self._by_header[schema.id.to_bytes(4, "big")] = schema
+        for topic in schema.topics or {schema.topic}:
+            items = (*self._by_topic.get(topic, ()), schema)
+            self._by_topic[topic] = tuple(sorted(items, key=lambda s: (s.version, s.id)))
+
+    def add(self, schema: RegisteredSchema) -> bool:
+        """Add a schema first seen at run time; False (and nothing changes) when its id is
+        known already. Raises ``SchemaRegistryError`` when the id is known with another
+        schema (ids are immutable)."""
+        known = self._by_id.get(schema.id)
+        if known is not None:
+            if known.fingerprint != schema.fingerprint or known.topics != schema.topics:
+                raise SchemaRegistryError(
+                    f"schema id {schema.id} is known already with another schema or subject "
+                    "(schema ids are immutable)"
+                )
+            return False
+        self._put(schema)
+        self.added = (*self.added, schema)
+        self.generation += 1
+        return True
 
     @classmethod
-    def load(cls, directory: Path) -> SchemaRegistry:
+    def load(
+        cls,
+        directory: Path,
+        strategy: SubjectStrategy = "topic",
+        record_names: Mapping[str, Iterable[str]] | None = None,
+    ) -> SchemaRegistry:
         """Read ``directory/registry.json`` and every schema file it names.
 
         Raises ``SchemaRegistryError`` (a ``ConfigError``) with one readable message when
@@ -162,7 +284,7 @@ class SchemaRegistry:
         schemas: dict[int, RegisteredSchema] = {}
         versions_seen: set[tuple[str, int]] = set()
         for key, entry in entries.items():
-            schema = _load_entry(directory, registry_path, key, entry)
+            schema = _load_entry(directory, registry_path, key, entry, strategy, record_names)
             if (schema.subject, schema.version) in versions_seen:
                 raise SchemaRegistryError(
                     f"{registry_path}: subject {schema.subject} has version {schema.version} twice"
@@ -210,7 +332,14 @@ class SchemaRegistry:
         return f"SchemaRegistry(ids={list(self._by_id)})"
 
 
-def _load_entry(directory: Path, registry_path: Path, key: str, entry: Any) -> RegisteredSchema:
+def _load_entry(
+    directory: Path,
+    registry_path: Path,
+    key: str,
+    entry: Any,
+    strategy: SubjectStrategy,
+    record_names: Mapping[str, Iterable[str]] | None,
+) -> RegisteredSchema:
     where = f"{registry_path}: schema id {key!r}"
     try:
         schema_id = int(key)
@@ -221,42 +350,38 @@ def _load_entry(directory: Path, registry_path: Path, key: str, entry: Any) -> R
     if not isinstance(entry, dict):
         raise SchemaRegistryError(f"{where}: entry must be an object")
     subject, file_name, version = entry.get("subject"), entry.get("file"), entry.get("version")
-    if not isinstance(subject, str) or not subject.endswith(SUBJECT_SUFFIX):
+    if not isinstance(subject, str) or not subject:
+        raise SchemaRegistryError(f"{where}: subject must be a non-empty string")
+    if strategy == "topic" and not subject.endswith(SUBJECT_SUFFIX):
         raise SchemaRegistryError(f"{where}: subject must be a string '<topic>{SUBJECT_SUFFIX}'")
-    topic = subject[: -len(SUBJECT_SUFFIX)]
-    if not topic:
-        raise SchemaRegistryError(f"{where}: subject names no topic")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise SchemaRegistryError(f"{where}: version must be an integer >= 1")
     if not isinstance(file_name, str) or not _SAFE_FILE_NAME.fullmatch(file_name):
         raise SchemaRegistryError(f"{where}: file must be a plain '<name>.avsc' file name")
     path = directory / file_name
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SchemaRegistryError(f"{where}: schema file {path} not found") from None
     except (OSError, ValueError) as exc:
         raise SchemaRegistryError(f"{where}: {path} is unreadable: {type(exc).__name__}") from None
-    if not isinstance(raw, dict) or raw.get("type") != "record":
-        raise SchemaRegistryError(f"{where}: {path} must hold an Avro record schema")
     try:
-        parsed = parse_schema(raw)
-        plain = parse_schema(_without_logical_types(raw))
-        canonical = to_parsing_canonical_form(raw)
-    except Exception as exc:  # fastavro raises several types for a bad schema
-        raise SchemaRegistryError(f"{where}: {path} is not a valid Avro schema: {exc}") from None
-    assert isinstance(parsed, dict) and isinstance(plain, dict)  # a record schema parses to a dict
-    return RegisteredSchema(
-        id=schema_id,
-        subject=subject,
-        topic=topic,
-        version=version,
-        parsed=parsed,
-        schema_json=json.dumps(raw, separators=(",", ":"), ensure_ascii=True),
-        fingerprint=fingerprint(canonical, "SHA-256"),
-        file=file_name,
-        plain=plain,
-    )
+        named = schema_from_json(schema_id, subject, version, (), text, file=file_name)
+    except ValueError as exc:
+        problem = str(exc)
+        if problem.startswith("not JSON"):
+            problem = f"is unreadable: {problem.removeprefix('not JSON: ')}"
+        elif problem.startswith("not an Avro record"):
+            problem = "must hold an Avro record schema"
+        else:
+            problem = f"is {problem}"
+        raise SchemaRegistryError(f"{where}: {path} {problem}") from None
+    topics = topics_of(strategy, (subject,), named.name, record_names)
+    if not topics:
+        raise SchemaRegistryError(
+            f"{where}: subject {subject} names no topic under the {strategy} subject name strategy"
+        )
+    return schema_from_json(schema_id, subject, version, topics, text, file=file_name)
 
 
 def _without_logical_types(schema: Any) -> Any:
@@ -310,7 +435,7 @@ def decode_wire(
     schema = registry.find(schema_id)
     if schema is None:
         raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not registered")
-    if schema.topic != topic:
+    if topic not in schema.topics:
         raise DecodeError(
             "wrong_topic_schema",
             f"schema id {schema_id} belongs to subject {schema.subject}, not to topic {topic}",

@@ -31,6 +31,8 @@ def load_or_exit() -> Settings:
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
     register_secrets(secrets_of(settings) + settings.client_properties.secret_values())
+    if settings.schema_registry_basic_auth is not None:  # 'user:password': the password alone too
+        register_secrets([settings.schema_registry_basic_auth.get_secret_value().partition(":")[2]])
     return settings
 
 

@@ -16,16 +16,22 @@ import signal
 import weakref
 from concurrent.futures import ProcessPoolExecutor
 from io import BytesIO
-from pathlib import Path
 from types import ModuleType
 from typing import cast
 
 from fastavro import schemaless_reader
 
 from replicator.judge.compiled import Checker, checker_for
-from replicator.judge.native import extension, native_programs
+from replicator.judge.native import compiled, extension, native_programs
 from replicator.judge.rules import Headers, check_record, find_identifier_in_message
-from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
+from replicator.schemas import (
+    HEADER_SIZE,
+    DecodeError,
+    SchemaRegistry,
+    SchemaSpec,
+    decode_wire,
+    from_spec,
+)
 
 Verdict = tuple[int | None, str, str]
 GOOD = ""
@@ -58,11 +64,11 @@ def judge(
     return decoded.schema.id, GOOD, GOOD
 
 
-def _init_worker(schemas_dir: str, max_bytes: int) -> None:
+def _init_worker(specs: tuple[SchemaSpec, ...], max_bytes: int) -> None:
     global _registry, _max_bytes  # noqa: PLW0603 - one registry per worker process
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _registry = SchemaRegistry.load(Path(schemas_dir))
+    _registry = SchemaRegistry({spec[0]: from_spec(spec) for spec in specs})
     _max_bytes = max_bytes
     _checkers(_registry)
     _programs(_registry)
@@ -107,7 +113,7 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
             continue
         if value is not None and HEADER_SIZE <= len(value) <= max_bytes and value[0] == 0:
             schema = by_header.get(value[1:HEADER_SIZE])
-            if schema is not None and schema.topic == topic:
+            if schema is not None and topic in schema.topics:
                 stream = BytesIO(value)
                 stream.seek(HEADER_SIZE)
                 try:
@@ -130,43 +136,72 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
     return cast(list[Verdict], verdicts)
 
 
-_compiled: weakref.WeakKeyDictionary[SchemaRegistry, dict[int, Checker]] = (
+# Per registry: (its generation when built, what was built). A registry only grows
+# (`SchemaRegistry.add`): when its generation moves, the new schemas' checks and programs are
+# built then, on first use, and the others kept (one integer compare per batch otherwise).
+_compiled: weakref.WeakKeyDictionary[SchemaRegistry, tuple[int, dict[int, Checker]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 _Native = tuple[ModuleType, dict[int, object]]
-_native: weakref.WeakKeyDictionary[SchemaRegistry, _Native | None] = weakref.WeakKeyDictionary()
+_native: weakref.WeakKeyDictionary[SchemaRegistry, tuple[int, _Native | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _programs(registry: SchemaRegistry) -> _Native | None:
-    """The compiled extension and its programs for `registry`, made once; None without it."""
-    if registry not in _native:
+    """The compiled extension and its programs for `registry`, made once per schema; None
+    without it."""
+    made = _native.get(registry)
+    if made is not None and made[0] == registry.generation:
+        return made[1]
+    generation = registry.generation
+    if made is None or made[1] is None:
         module, programs = extension(), native_programs(registry)
-        _native[registry] = None if module is None or programs is None else (module, programs)
-    return _native[registry]
+        native = None if module is None or programs is None else (module, programs)
+    else:
+        native = made[1]
+        module, programs = native
+        for schema_id in registry.ids():
+            if schema_id not in programs:
+                program = compiled(module, registry.get(schema_id))
+                if program is not None:
+                    programs[schema_id] = program
+    _native[registry] = (generation, native)
+    return native
 
 
 def _checkers(registry: SchemaRegistry) -> dict[int, Checker]:
-    """The compiled checks of every schema of `registry`, made once (a registry is immutable)."""
-    checkers = _compiled.get(registry)
-    if checkers is None:
-        checkers = {i: checker_for(registry.get(i)) for i in registry.ids()}
-        _compiled[registry] = checkers
+    """The compiled checks of every schema of `registry`, made once per schema."""
+    made = _compiled.get(registry)
+    if made is not None and made[0] == registry.generation:
+        return made[1]
+    checkers = made[1] if made is not None else {}
+    for schema_id in registry.ids():
+        if schema_id not in checkers:
+            checkers[schema_id] = checker_for(registry.get(schema_id))
+    _compiled[registry] = (registry.generation, checkers)
     return checkers
 
 
-def judge_batch(items: list[Item]) -> list[Verdict]:
-    """In a worker: `judge_items` with the worker's registry."""
-    assert _registry is not None, "worker not initialised"
-    return judge_items(_registry, items, _max_bytes)
+def judge_batch(items: list[Item], added: tuple[SchemaSpec, ...] = ()) -> list[Verdict]:
+    """In a worker: `judge_items` with the worker's registry, after adding the schemas the
+    main process found at run time (`added`: all of them, in order, each batch; the ones
+    this worker has are skipped by their count)."""
+    registry = _registry
+    assert registry is not None, "worker not initialised"
+    if len(added) > len(registry.added):
+        for spec in added[len(registry.added) :]:
+            registry.add(from_spec(spec))
+    return judge_items(registry, items, _max_bytes)
 
 
 def _ready() -> None:
     """Nothing: submitted once per worker so that the workers start at once."""
 
 
-def start_pool(workers: int, schemas_dir: Path, max_bytes: int) -> ProcessPoolExecutor:
+def start_pool(workers: int, specs: tuple[SchemaSpec, ...], max_bytes: int) -> ProcessPoolExecutor:
     """The worker processes, started now: a spawned worker takes about a second to import
     and compile its checks, which then overlaps with the consumer group join instead of
     delaying the first batch."""
@@ -175,7 +210,7 @@ def start_pool(workers: int, schemas_dir: Path, max_bytes: int) -> ProcessPoolEx
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(str(schemas_dir), max_bytes),
+        initargs=(specs, max_bytes),
     )
     for _ in range(workers):
         pool.submit(_ready)

@@ -9,7 +9,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from replicator.config import Settings
-from replicator.errors import ReplicatorError, StoreError
+from replicator.errors import ConfigError, ReplicatorError, StoreError
+from replicator.judge.registry import RegistryUnavailable, probe
 from replicator.stores.factory import build_stores
 
 PROBE_KEY = "_check/probe"
@@ -64,5 +65,14 @@ def check_stores(settings: Settings) -> list[CheckResult]:
     return out
 
 
+def check_schemas(settings: Settings) -> list[CheckResult]:
+    """The writer schemas' source: the registry file loads, or the registry server answers
+    (with the service's credentials and CA)."""
+    try:
+        return [CheckResult("schemas", True, probe(settings))]
+    except (ConfigError, RegistryUnavailable) as exc:
+        return [CheckResult("schemas", False, str(exc))]
+
+
 def run_checks(settings: Settings) -> list[CheckResult]:
-    return check_broker(settings) + check_stores(settings)
+    return check_broker(settings) + check_stores(settings) + check_schemas(settings)

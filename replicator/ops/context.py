@@ -16,19 +16,25 @@ from typing import Protocol
 
 import fastavro
 from confluent_kafka import KafkaException, Message
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from replicator.chunking import ChunkRules
 from replicator.config import Settings
-from replicator.errors import ConfigError
+from replicator.errors import ConfigError, ReplicatorError
+from replicator.judge.registry import RegistryUnavailable, SchemaResolver, initial_registry
 from replicator.judge.rules import check_record, find_identifier_in_message
 from replicator.kafka.progress import ProgressLog
 from replicator.kafka.view import KafkaUnavailable, KafkaView
 from replicator.keys import offset_marker, parse_key, partition_prefix
 from replicator.model import TP, RawRecord
 from replicator.ops.findings import RecordPrint, canonical
-from replicator.schemas import DecodeError, SchemaRegistry, decode_wire
+from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
 from replicator.stores.base import ObjectInfo, Store
 from replicator.stores.factory import build_store
+
+# How long an operator tool waits for a schema registry that does not answer before it
+# stops with an error (it never counts a record as bad because the registry was away).
+REGISTRY_PATIENCE_S = 120.0
 
 
 class BadArgument(ConfigError):
@@ -43,11 +49,14 @@ class OpsContext:
     kafka: KafkaView
     _progress: dict[str, ProgressLog] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # the writer schemas first seen (registry server mode): looked up as the service does
+    resolver: SchemaResolver | None = None
 
     @classmethod
     def open(cls, settings: Settings, purpose: str) -> OpsContext:
         """Every configured store and a Kafka view; `close()` releases them."""
-        registry = SchemaRegistry.load(settings.schemas_dir)
+        registry = initial_registry(settings)
+        resolver = SchemaResolver.from_settings(settings, registry)
         stores: dict[str, Store] = {}
         try:
             for name in settings.stores:
@@ -57,7 +66,33 @@ class OpsContext:
             for store in stores.values():
                 store.close()
             raise
-        return cls(settings, registry, stores, kafka)
+        return cls(settings, registry, stores, kafka, resolver=resolver)
+
+    def known_schema(self, value: bytes | None) -> None:
+        """Look up the writer schema of a wire-format value the registry does not know yet
+        (registry server mode), waiting for a registry that does not answer (up to
+        REGISTRY_PATIENCE_S, then a ReplicatorError): a record is never judged bad because
+        the registry was away."""
+        resolver = self.resolver
+        if resolver is None or resolver.client is None or value is None:
+            return
+        if len(value) < HEADER_SIZE or value[0] != 0:
+            return
+        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
+        if self.registry.find(schema_id) is not None:
+            return
+        retrying = Retrying(
+            retry=retry_if_exception_type(RegistryUnavailable),
+            wait=wait_exponential(multiplier=0.5, max=10.0),
+            stop=stop_after_delay(REGISTRY_PATIENCE_S),
+            reraise=True,
+        )
+        try:
+            retrying(resolver.lookup, schema_id)
+        except RegistryUnavailable as exc:
+            raise ReplicatorError(
+                f"schema id {schema_id}: {exc} (for {REGISTRY_PATIENCE_S:.0f} s)"
+            ) from None
 
     def close(self) -> None:
         for log in self._progress.values():
@@ -200,6 +235,7 @@ class OpsContext:
         key, headers = msg.key(), msg.headers()
         if (key is not None or headers) and find_identifier_in_message(key, headers):
             return None, None
+        self.known_schema(msg.value())
         try:
             decoded = decode_wire(self.registry, schema_topic, msg.value())
         except DecodeError:

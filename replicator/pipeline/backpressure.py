@@ -79,7 +79,7 @@ class BackPressure:
         for tp, state in self.parts.items():
             takers = [ln for ln in self.lanes if tp in ln.live]
             full = held_long and any(ln.pending_bytes > self._max_lane_bytes for ln in takers)
-            should_pause = not state.ready or not takers or full
+            should_pause = not state.ready or not takers or full or state.held_until > 0
             if should_pause and not state.paused:
                 to_pause.append(KafkaTP(*tp))
                 state.paused = True

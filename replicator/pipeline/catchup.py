@@ -19,6 +19,7 @@ from confluent_kafka import TopicPartition as KafkaTP
 from replicator.chunking import PartitionChunker, PlanConflict
 from replicator.container import EncodedChunk, object_metadata
 from replicator.errors import StoreError
+from replicator.judge.registry import REGISTRY_UNAVAILABLE
 from replicator.keys import object_key
 from replicator.logs import fields
 from replicator.model import TP
@@ -134,16 +135,23 @@ class CatchUps:
         ]
         verdicts = self.intake.judge_now(msgs)
         done: list[TP] = []
+        held: set[TP] = set()
         for msg, verdict in zip(msgs, verdicts, strict=True):
             topic, partition, offset = coords(msg)
             tp = (topic, partition)
             chunker = catchup.chunkers.get(tp)
             state = self.parts.get(tp)
-            if chunker is None or state is None or tp in done:
+            if chunker is None or state is None or tp in done or tp in held:
                 continue
             boundary = state.chunker.open_first
             if offset >= boundary:
                 chunks = chunker.cut_at_boundary(boundary)
+            elif verdict[1] == REGISTRY_UNAVAILABLE:
+                # The schema registry did not answer for this record: read it again later
+                # (the resolver waits its backoff before asking again), never skip it.
+                held.add(tp)
+                catchup.consumer.seek(KafkaTP(topic, partition, offset))
+                continue
             else:
                 record, schema_id = self.intake.apply_verdict(msg, verdict, live=False)
                 try:

@@ -9,6 +9,7 @@ chunk cut goes to the lanes once (`dispatch_live`). The per-record loops are the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections import Counter, deque
@@ -16,13 +17,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import cast
 
 from confluent_kafka import KafkaError, Message
+from confluent_kafka import TopicPartition as KafkaTP
 
 from replicator.chunking import Chunk, PlanConflict
 from replicator.judge.batch import Item, Verdict, judge_batch, judge_items, start_pool
+from replicator.judge.registry import REGISTRY_UNAVAILABLE, RegistryUnavailable, SchemaResolver
 from replicator.logs import EventBudget, fields
 from replicator.model import TP, RawRecord
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.state import PartitionState, ServiceState, coords, log
+from replicator.schemas import HEADER_SIZE, SchemaSpec
 
 MAX_JUDGED_BATCHES = 4  # batches with a judge at once: bounds memory and latency
 
@@ -49,12 +53,32 @@ class Intake:
         self._schema_topics = dict(state.settings.schema_topics)
         self._dead_letter_logs = EventBudget(per_window=100, window_s=60.0)
         self._consumed = functools.cache(self.metrics.consumed.labels)
+        resolver = state.resolver
+        if resolver is None:  # file mode without reloads: the registry as it is
+            resolver = SchemaResolver(self.registry)
+        self.resolver = resolver
+        self._added: tuple[int, tuple[SchemaSpec, ...]] = (0, ())
 
     def start(self) -> None:
-        """Start the judges' worker processes, when configured (`decode_workers`)."""
+        """Start the judges' worker processes, when configured (`decode_workers`), with the
+        schemas known now; the ones found later go with the batches (`added_specs`)."""
         s = self.settings
         if s.decode_workers > 0:
-            self._judges = start_pool(s.decode_workers, s.schemas_dir, s.max_record_bytes)
+            later = {schema.id for schema in self.registry.added}
+            specs = tuple(
+                self.registry.get(i).spec() for i in self.registry.ids() if i not in later
+            )
+            self._added = (-1, ())
+            self._judges = start_pool(s.decode_workers, specs, s.max_record_bytes)
+
+    def added_specs(self) -> tuple[SchemaSpec, ...]:
+        """The schemas added at run time, as plain values for the workers (made again only
+        when the registry grew)."""
+        generation, specs = self._added
+        if generation != self.registry.generation:
+            specs = tuple(schema.spec() for schema in self.registry.added)
+            self._added = (self.registry.generation, specs)
+        return specs
 
     def close(self) -> None:
         if self._judges is not None:
@@ -106,7 +130,7 @@ class Intake:
             verdicts = judge_items(self.registry, items, self.settings.max_record_bytes)
             self.apply_batch(taken, states, items, verdicts)
             return
-        future = self._judges.submit(judge_batch, items)
+        future = self._judges.submit(judge_batch, items, self.added_specs())
         self._judged.append((taken, states, items, future))
 
     def apply_judged(self, wait: bool) -> None:
@@ -142,22 +166,34 @@ class Intake:
         current: PartitionState | None = None
         valid = False
         batch = zip(msgs, states, items, verdicts, strict=True)
-        for msg, state, (_topic, value, offset, timestamp_ms, key, _headers), verdict in batch:
+        for msg, state, item, verdict in batch:
+            _topic, value, offset, timestamp_ms, key, _headers = item
             if state is not current:
                 current = state
-                valid = state.ready and parts.get(state.tp) is state
+                valid = state.ready and not state.held_until and parts.get(state.tp) is state
             if not valid:
                 continue
             chunker = state.chunker
             if offset < chunker.position:
                 continue
-            taken += 1
             schema_id = verdict[0]
             record: RawRecord | None
             if schema_id is not None:
                 record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:])
             else:
-                record, _none = self.apply_verdict(msg, verdict, live=True)
+                settled = verdict
+                if verdict[1] == "unknown_schema_id":  # first seen? (rare: a bad record's path)
+                    settled = self.settle(item, verdict)
+                    if settled[1] == REGISTRY_UNAVAILABLE:
+                        self.hold(state, offset, settled[2])
+                        valid = False
+                        continue
+                    schema_id = settled[0]
+                if schema_id is not None:
+                    record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:])
+                else:
+                    record, _none = self.apply_verdict(msg, settled, live=True)
+            taken += 1
             try:
                 chunks = chunker.add(offset, record, schema_id, now)
             except PlanConflict as exc:
@@ -214,6 +250,61 @@ class Intake:
                 )
         return None, None
 
+    def settle(self, item: Item, verdict: Verdict) -> Verdict:
+        """The verdict of a record whose schema id the judge did not know: looked up (a
+        schema registry server, or the registry file as reloaded since) and judged again; a
+        definite "not found" keeps `unknown_schema_id`; no answer gives REGISTRY_UNAVAILABLE
+        (hold the partition, never a dead letter)."""
+        value = cast(bytes, item[1])
+        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
+        try:
+            lookup = self.resolver.lookup(schema_id)
+        except RegistryUnavailable as exc:
+            return None, REGISTRY_UNAVAILABLE, str(exc)
+        if lookup.problem is not None:
+            return None, *lookup.problem
+        schema = lookup.schema
+        if schema is None:
+            return verdict
+        if self.registry.find(schema_id) is None:  # it belongs to none of the topics
+            return (
+                None,
+                "wrong_topic_schema",
+                self.resolver.wrong_topic_detail(schema_id, item[0], lookup),
+            )
+        return judge_items(self.registry, [item], self.settings.max_record_bytes)[0]
+
+    def settle_all(self, items: list[Item], verdicts: list[Verdict]) -> list[Verdict]:
+        for index, verdict in enumerate(verdicts):
+            if verdict[1] == "unknown_schema_id":
+                verdicts[index] = self.settle(items[index], verdict)
+        return verdicts
+
+    def hold(self, state: PartitionState, offset: int, why: str) -> None:
+        """Hold a partition at `offset` (the schema registry did not answer for its record
+        there): nothing from it is taken until `release`, so nothing is committed past it;
+        its records already consumed are ignored (the state is replaced)."""
+        held = dataclasses.replace(state, held_until=max(self.resolver.retry_at, time.monotonic()))
+        self.parts[state.tp] = held
+        self.metrics.partitions_held.set(sum(1 for p in self.parts.values() if p.held_until))
+        log.warning(
+            "partition_held",
+            extra=fields(topic=state.tp[0], partition=state.tp[1], offset=offset, reason=why),
+        )
+
+    def release(self, now: float) -> None:
+        """Read the held partitions again from their chunker's position once their wait is
+        over (a lookup is tried again with their next unknown record)."""
+        consumer = self.state.consumer
+        for tp, state in list(self.parts.items()):
+            if state.held_until and now >= state.held_until:
+                self.parts[tp] = dataclasses.replace(state, held_until=0.0)
+                if consumer is not None:
+                    consumer.seek(KafkaTP(tp[0], tp[1], state.chunker.position))
+                self.metrics.partitions_held.set(
+                    sum(1 for p in self.parts.values() if p.held_until)
+                )
+
     def judge_now(self, msgs: list[Message]) -> list[Verdict]:
         """The verdicts of these messages, judged here in one batch (the compiled fast path
         takes the good ones; see `judge_items`)."""
@@ -230,7 +321,8 @@ class Intake:
                     msg.headers(),
                 )
             )
-        return judge_items(self.registry, items, self.settings.max_record_bytes)
+        verdicts = judge_items(self.registry, items, self.settings.max_record_bytes)
+        return self.settle_all(items, verdicts)
 
     def plan_conflict(self, tp: TP, exc: PlanConflict) -> None:
         log.error("cut_conflict", extra=fields(topic=tp[0], partition=tp[1], error=str(exc)))

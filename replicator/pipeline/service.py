@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -55,6 +56,7 @@ from replicator import __version__
 from replicator.chunking import ChunkRules
 from replicator.config import Settings
 from replicator.judge.native import extension
+from replicator.judge.registry import SchemaResolver
 from replicator.kafka.deadletter import DeadLetterWriter, read_limit
 from replicator.kafka.progress import ProgressLog
 from replicator.logs import fields
@@ -114,10 +116,22 @@ class Replicator:
         stores: list[Store],
         registry: SchemaRegistry,
         metrics: Metrics | None = None,
+        resolver: SchemaResolver | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.metrics.schema_registry_up.set(1)
+        if resolver is None:
+            resolver = SchemaResolver.from_settings(
+                settings, registry, on_change=self._registry_changed
+            )
+        else:
+            resolver.on_change = self._registry_changed
+        self.resolver = resolver
+        self._reload_asked = threading.Event()  # SIGHUP: reload the registry file
+        self._next_reload_check = 0.0
+        self._schemas_seen = registry.generation
         self.kafka_conf = settings.kafka_common()
         self.lanes = [
             Lane(
@@ -132,6 +146,7 @@ class Replicator:
             metrics=self.metrics,
             rules=ChunkRules.from_settings(settings),
             lanes=self.lanes,
+            resolver=resolver,
         )
         self.parts = self.state.parts
         self.stats = self.state.stats
@@ -173,6 +188,35 @@ class Replicator:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        # SIGHUP: reload the registry file (file mode); the loop does it on its next turn.
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self._reload_asked.set())
+
+    def _registry_changed(self, state: str, failures: int) -> None:
+        self.metrics.schema_registry_up.set(1 if state == "up" else 0)
+        if state == "down":
+            self.metrics.schema_registry_errors.inc()
+
+    def _schemas_turn(self, now: float) -> None:
+        """The registry file's reload (SIGHUP, or a new modification time, checked every
+        schemas_reload_interval_s), the held partitions' release, the count of schemas
+        added."""
+        resolver = self.resolver
+        interval = self.settings.schemas_reload_interval_s
+        if resolver.schemas_dir is not None:
+            if self._reload_asked.is_set():
+                self._reload_asked.clear()
+                resolver.reload_file()
+            elif interval > 0 and now >= self._next_reload_check:
+                self._next_reload_check = now + interval
+                if resolver.file_changed():
+                    resolver.reload_file()
+        elif self._reload_asked.is_set():
+            self._reload_asked.clear()
+            log.info("schemas_reload_ignored", extra=fields(detail="schema registry mode"))
+        if self.registry.generation != self._schemas_seen:
+            self.metrics.schemas_added.inc(self.registry.generation - self._schemas_seen)
+            self._schemas_seen = self.registry.generation
+        self.intake.release(now)
 
     def run(self, until: Callable[[Replicator], bool] | None = None) -> RunStats:
         """Run until stopped (signal, `stop()`, or `until(self)` returning True)."""
@@ -321,6 +365,7 @@ class Replicator:
             for state in [p for p in self.parts.values() if not p.ready]:
                 for lane in self.partitions.retry_prepare(state):
                     self.catchups.start(lane)
+        self._schemas_turn(now)
         self._apply_pressure(consumer)
         if self.checkpoint.due(now):
             self.checkpoint.commit()
@@ -398,6 +443,17 @@ class Replicator:
                 "delivering": not error,
                 "undelivered": undelivered,
                 **({"error": error} if error else {}),
+            },
+            # A detail too, for the same reasons: the held partitions wait (nothing is
+            # dead-lettered, nothing committed past them) and the alert says it
+            # (ReplicatorSchemaRegistryDown).
+            "schema_registry": {
+                "mode": "server" if self.settings.schema_registry_url else "file",
+                "available": self.resolver.outage is None,
+                "held_partitions": sorted(
+                    f"{t}/{p}" for (t, p), st in list(self.parts.items()) if st.held_until
+                ),
+                **({"error": self.resolver.outage} if self.resolver.outage else {}),
             },
         }
 

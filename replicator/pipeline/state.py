@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Message
 from replicator.chunking import ChunkRules, CutPlan, PartitionChunker
 from replicator.config import Settings
 from replicator.container import EncodedChunk
+from replicator.judge.registry import SchemaResolver
 from replicator.kafka.deadletter import DeadLetterWriter
 from replicator.kafka.progress import ProgressLog
 from replicator.model import TP
@@ -135,6 +136,10 @@ class PartitionState:
     plan: CutPlan
     ready: bool = True  # False: waits for a down store's listing to know its cuts
     paused: bool = False
+    # > 0: held (paused, nothing taken) until then (monotonic), because the schema registry
+    # gave no answer for its next record; the loop then reads again from the chunker's
+    # position (see Intake.hold)
+    held_until: float = 0.0
 
 
 @dataclass
@@ -170,6 +175,7 @@ class ServiceState:
     dlq_dirty: bool = False  # dead letters sent since the last flush
     dlq_error: str = ""  # why the last flush of the dead-letter producer failed
     consumer: Consumer | None = None
+    resolver: SchemaResolver | None = None  # the writer schemas first seen at run time
     max_lane_bytes: int = field(init=False)  # each lane's share of max_buffer_bytes
     # The loop's own store calls (listings, deletes, probes), waited for by `store_call`.
     calls: DaemonPool = field(init=False)

@@ -86,6 +86,29 @@ class Metrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.schema_registry_up = Gauge(
+            "replicator_schema_registry_up",
+            "1 when the last lookup of the schema registry server got an answer (or no "
+            "lookup failed yet), 0 while it does not answer: the partitions whose next record "
+            "has an unknown schema id are held, nothing is dead-lettered",
+            registry=r,
+        )
+        self.schema_registry_errors = Counter(
+            "replicator_schema_registry_errors_total",
+            "Schema registry lookups without a definite answer (unreachable, timeout, 5xx, "
+            "429, ...); each one holds a partition",
+            registry=r,
+        )
+        self.partitions_held = Gauge(
+            "replicator_partitions_held",
+            "Partitions held because the schema registry did not answer for their next record",
+            registry=r,
+        )
+        self.schemas_added = Counter(
+            "replicator_schemas_added_total",
+            "Writer schemas first seen at run time (a registry lookup, a reloaded file)",
+            registry=r,
+        )
         self.dead_letter_undelivered = Gauge(
             "replicator_dead_letter_undelivered_records",
             "Dead letters not acknowledged by the dead-letter topic at the last commit; while "

@@ -86,6 +86,8 @@ def readiness(service: ServiceStatus, lag: LagMonitor | None = None) -> tuple[bo
         body["reason"] = "; ".join(reasons)
     if "dead_letter" in status:
         body["dead_letter"] = status["dead_letter"]
+    if "schema_registry" in status:  # a detail too: held partitions wait, nothing is lost
+        body["schema_registry"] = status["schema_registry"]
     return ready, body
 
 

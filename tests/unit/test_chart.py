@@ -448,8 +448,10 @@ def test_secrets_mounted_as_files_by_reference(production: Manifests) -> None:
         ("replicator-azure-sas", "connection-string"): "REPLICATOR_AZURE_CONNECTION_STRING",
         ("replicator-kafka-user", "password"): "REPLICATOR_KAFKA_SASL_PASSWORD",
         ("replicator-kafka-user", "username"): "REPLICATOR_KAFKA_SASL_USERNAME",
+        ("replicator-schema-registry", "user-info"): "REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH",
     }
-    assert set(items.values()) >= SECRET_ENV
+    # the bearer token is the other way to authenticate to the registry (one or the other)
+    assert set(items.values()) | {"REPLICATOR_SCHEMA_REGISTRY_BEARER_TOKEN"} >= SECRET_ENV
     mount = next(m for m in container(production)["volumeMounts"] if m["name"] == "secrets")
     assert mount["readOnly"] is True
     data = settings_configmap(production)["data"]
@@ -458,7 +460,10 @@ def test_secrets_mounted_as_files_by_reference(production: Manifests) -> None:
 
 
 def test_secrets_as_env_by_reference() -> None:
-    values = with_values(production_values(), **{"secrets.mode": "env"})
+    values = with_values(
+        production_values(),
+        **{"secrets.mode": "env", "secrets.schemaRegistry.bearerTokenKey": "token"},
+    )
     manifests = render(values)
     env = {e["name"]: e for e in container(manifests)["env"]}
     assert set(env) == SECRET_ENV | {"REPLICATOR_KAFKA_SASL_USERNAME"}
@@ -508,6 +513,8 @@ def test_the_pod_environment_is_a_valid_configuration(
                 value = base64.b64encode(value.encode().ljust(32, b"-")).decode()
             if item["path"] == "REPLICATOR_AZURE_CONNECTION_STRING":  # must be well formed
                 value = f"AccountName=acct;AccountKey={base64.b64encode(value.encode()).decode()}"
+            if item["path"] == "REPLICATOR_SCHEMA_REGISTRY_BASIC_AUTH":  # 'user:password'
+                value = f"user:{value}"
             (tmp_path / item["path"]).write_text(value + "\n")
     clean_env.setenv("REPLICATOR_SECRETS_DIR", str(tmp_path))
     for key in ("REPLICATOR_KAFKA_SSL_CA_LOCATION",):

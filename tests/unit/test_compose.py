@@ -7,6 +7,7 @@ ports, settings and shared files line up with each other and with the project.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import helm_python as helm
 import pytest
+from packaging.requirements import Requirement
 
 from replicator.config import Settings, load_settings
 from replicator.devtools import docs_gen
@@ -448,13 +450,19 @@ def test_requirements_lock_matches_pyproject() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     pins = lock_pins(ROOT / "requirements.lock")
     for requirement in pyproject["project"]["dependencies"]:
-        match = re.match(r"^([A-Za-z0-9._-]+)(.*)$", requirement)
+        match = re.match(r"^([A-Za-z0-9._-]+)(?:\[([^\]]*)\])?(.*)$", requirement)
         assert match is not None
         name = match.group(1).lower().replace("_", "-")
         assert name in pins, f"{name} is missing from requirements.lock"
-        spec = match.group(2).strip()
+        spec = match.group(3).strip()
         if spec.startswith("=="):
             assert pins[name] == spec[2:], f"{name}: pyproject {spec}, lock {pins[name]}"
+        # an extra's own requirements are locked too (the image installs with --no-deps)
+        for extra in filter(None, (match.group(2) or "").split(",")):
+            for needed in map(Requirement, importlib.metadata.requires(name) or []):
+                if needed.marker is not None and needed.marker.evaluate({"extra": extra}):
+                    dep_name = needed.name.lower().replace("_", "-")
+                    assert dep_name in pins, f"{dep_name} ({name}[{extra}]) is not locked"
     text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
     assert text.count("==") == len(pins)
     assert text.count("--hash=sha256:") >= len(pins)  # every pin carries its hashes

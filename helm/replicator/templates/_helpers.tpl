@@ -125,7 +125,7 @@ when unset or null. */}}
 {{- if and $v.secrets.kafkaSasl.usernameKey $v.config.kafka_sasl_username -}}
 {{- fail "the SASL user name is given twice: config.kafka_sasl_username and secrets.kafkaSasl.usernameKey" -}}
 {{- end -}}
-{{- range $name, $setting := dict "kafkaCa" "kafka_ssl_ca_location" "s3Ca" "s3_ca_bundle" "azureCa" "azure_ca_bundle" -}}
+{{- range $name, $setting := dict "kafkaCa" "kafka_ssl_ca_location" "s3Ca" "s3_ca_bundle" "azureCa" "azure_ca_bundle" "schemaRegistryCa" "schema_registry_ca_location" -}}
 {{- $ca := index $v.tls $name -}}
 {{- if and $ca.secretName $ca.configMapName -}}
 {{- fail (printf "tls.%s: set secretName or configMapName, not both" $name) -}}

@@ -315,6 +315,7 @@ def test_lag_metrics_alerts_and_dashboard_against_a_real_prometheus(
                 "broker": True,
                 "stores": {"s3": True, "azure": True},
                 "dead_letter": {"delivering": True, "undelivered": 0},
+                "schema_registry": {"mode": "file", "available": True, "held_partitions": []},
             }
             health = http_get(f"{base}/healthz")
             assert health.status == 200 and health.json()["alive"] is True, health
@@ -610,6 +611,7 @@ def test_metrics_and_healthz_answer_while_the_broker_does_not_and_readyz_says_wh
             "broker": True,
             "stores": {"s3": True, "azure": True},
             "dead_letter": {"delivering": True, "undelivered": 0},
+            "schema_registry": {"mode": "file", "available": True, "held_partitions": []},
         }
         assert "replicator_ready 1.0" in http_get(f"{base}/metrics").body.splitlines()
     finally:
@@ -654,6 +656,7 @@ def test_readyz_is_503_and_lag_still_exported_when_no_store_answers(
             "broker": True,
             "stores": {"s3": False, "azure": False},
             "dead_letter": {"delivering": True, "undelivered": 0},
+            "schema_registry": {"mode": "file", "available": True, "held_partitions": []},
             "reason": "no store accepts writes (see the store_down logs)",
         }
         health = http_get(f"{base}/healthz")

@@ -50,6 +50,8 @@ def test_secrets_show_no_default_and_are_the_expected_fields() -> None:
         "s3_sse_customer_key",
         "azure_connection_string",
         "kafka_sasl_password",
+        "schema_registry_basic_auth",
+        "schema_registry_bearer_token",
     }
     text = docs_gen.render()
     for name in secrets:
