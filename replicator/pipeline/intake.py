@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, Message
 from replicator.chunking import Chunk, PlanConflict
 from replicator.judge.batch import Item, Verdict, judge_batch, judge_items, start_pool
 from replicator.logs import EventBudget, fields
-from replicator.model import TP, RawRecord
+from replicator.model import TP, RawRecord, RecordHeaders
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.state import PartitionState, ServiceState, coords, log
 
@@ -142,7 +142,7 @@ class Intake:
         current: PartitionState | None = None
         valid = False
         batch = zip(msgs, states, items, verdicts, strict=True)
-        for msg, state, (_topic, value, offset, timestamp_ms, key, _headers), verdict in batch:
+        for msg, state, (_topic, value, offset, timestamp_ms, key, headers), verdict in batch:
             if state is not current:
                 current = state
                 valid = state.ready and parts.get(state.tp) is state
@@ -155,7 +155,9 @@ class Intake:
             schema_id = verdict[0]
             record: RawRecord | None
             if schema_id is not None:
-                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:])
+                # confluent-kafka gives a consumed message's headers as RecordHeaders (its
+                # stubs say more); no cast here: this runs once per record.
+                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:], headers)  # type: ignore[arg-type]
             else:
                 record, _none = self.apply_verdict(msg, verdict, live=True)
             try:
@@ -180,7 +182,11 @@ class Intake:
         if schema_id is not None:
             assert value is not None
             return RawRecord(
-                offset=offset, timestamp_ms=ts, key=msg.key(), body=value[5:]
+                offset=offset,
+                timestamp_ms=ts,
+                key=msg.key(),
+                body=value[5:],
+                headers=cast(RecordHeaders | None, msg.headers()),
             ), schema_id
         if live:
             dlq = self.state.dlq

@@ -19,6 +19,8 @@ from pydantic import ValidationError
 
 from replicator.config import Settings
 from replicator.container import (
+    FORMAT_VERSION,
+    LEGACY_FORMAT,
     encode_container,
     encode_envelope,
     read_container,
@@ -416,22 +418,45 @@ def columns(
     return offsets, stamps, keys, values, branches
 
 
+_HEADER_LISTS = st.one_of(
+    st.none(),
+    st.just([]),
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "é"]), st.one_of(st.none(), st.binary(max_size=9))),
+        min_size=1,
+        max_size=3,
+    ),
+)
+
+
 @settings(max_examples=400, deadline=None)
-@given(columns(), st.integers(0, 13), st.integers(0, 13), st.sets(st.integers(0, 12)))
+@given(
+    columns(),
+    st.integers(0, 13),
+    st.integers(0, 13),
+    st.sets(st.integers(0, 12)),
+    st.one_of(st.none(), st.lists(_HEADER_LISTS, min_size=13, max_size=13)),
+)
 def test_the_compiled_payload_is_the_python_one(
     cols: tuple[list[int], list[int], list[bytes | None], list[bytes | None], dict[int, int]],
     start: int,
     end: int,
     dead_at: set[int],
+    heads: list[list[tuple[str, bytes | None]] | None] | None,
 ) -> None:
-    """wire_payload (C) makes the bytes of wire_payload_py, and both are the envelopes
-    container.encode_envelope makes of the records not skipped."""
+    """wire_payload (C, or Python where a record has headers) makes the bytes of
+    wire_payload_py, and both are the envelopes container.encode_envelope makes of the
+    records not skipped: without a headers field (`heads` None: format 2) or with each
+    record's headers (format 3)."""
     offsets, stamps, keys, values, branches = cols
+    if heads is not None:
+        heads = heads[: len(offsets)]
+    fmt = LEGACY_FORMAT if heads is None else FORMAT_VERSION
     skip = {
         offsets[i]: dl(SourceRecord(offsets[i], 0, None, None)) for i in dead_at if i < len(offsets)
     }
-    made = wire_payload(offsets, stamps, keys, values, start, end, skip, branches)
-    assert made == wire_payload_py(offsets, stamps, keys, values, start, end, skip, branches)
+    made = wire_payload(offsets, stamps, keys, values, start, end, skip, branches, heads)
+    assert made == wire_payload_py(offsets, stamps, keys, values, start, end, skip, branches, heads)
     kept = [i for i in range(start, min(end, len(offsets))) if offsets[i] not in skip]
     storable = all(
         (v := values[i]) is not None
@@ -451,6 +476,8 @@ def test_the_compiled_payload_is_the_python_one(
                 keys[i],
                 (values[i] or b"")[5:],
                 branches[int.from_bytes((values[i] or b"")[1:5], "big")],
+                None if heads is None else heads[i],
+                fmt,
             )
             for i in kept
         ),
