@@ -200,6 +200,7 @@ class Intake:
                 value=value,
                 reason=reason,
                 detail=detail,
+                headers=cast(RecordHeaders | None, msg.headers()),
             )
             self.state.dlq_dirty = True
             self.metrics.dead_letters.labels(topic, reason).inc()

@@ -441,12 +441,13 @@ def test_envelopes_refuse_what_encode_record_cannot_take() -> None:
         _module().envelopes([record._replace(body="x")], [0], True)  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         _module().envelopes([record._replace(offset=1 << 64)], [0], True)
-    for bad, message in [
+    cases: list[tuple[Any, str]] = [
         ([(b"name", b"v")], "header names must be str"),
         ([("name", "text")], "header values must be bytes or None"),
         ([("name",)], "each header must be a"),
         (7, "headers must be a sequence"),
-    ]:
+    ]
+    for bad, message in cases:
         with pytest.raises(TypeError, match=message):
             _module().envelopes([record._replace(headers=bad)], [0], True)
         if not isinstance(bad, int):

@@ -36,7 +36,7 @@ from replicator.kafka.deadletter import (
     H_VALUE_SHA256,
 )
 from replicator.keys import object_key
-from replicator.model import RawRecord
+from replicator.model import RawRecord, RecordHeaders
 from replicator.ops.audit_logic import (
     DEAD_LETTER_ENTRY_BYTES,
     DEAD_LETTER_PLACE,
@@ -418,7 +418,7 @@ def columns(
     return offsets, stamps, keys, values, branches
 
 
-_HEADER_LISTS = st.one_of(
+_HEADER_LISTS: st.SearchStrategy[list[tuple[str, bytes | None]] | None] = st.one_of(
     st.none(),
     st.just([]),
     st.lists(
@@ -442,7 +442,7 @@ def test_the_compiled_payload_is_the_python_one(
     start: int,
     end: int,
     dead_at: set[int],
-    heads: list[list[tuple[str, bytes | None]] | None] | None,
+    heads: list[RecordHeaders | None] | None,
 ) -> None:
     """wire_payload (C, or Python where a record has headers) makes the bytes of
     wire_payload_py, and both are the envelopes container.encode_envelope makes of the
