@@ -27,6 +27,8 @@ from replicator.keys import partition_prefix
 from replicator.model import TP
 from replicator.ops.audit import AuditOptions, run_audit
 from replicator.ops.context import OpsContext
+from replicator.ops.repair import run_repair
+from replicator.ops.replay import RangeRequest, run_replay
 from replicator.ops.verify import VerifyOptions, run_verify
 from replicator.schemas import REIMBURSEMENTS_TOPIC, SchemaRegistry, encode_wire
 from tests.support.formats import as_format_2
@@ -244,6 +246,18 @@ def test_the_new_version_meets_objects_of_format_2_without_a_conflict(
         assert [k for p in verify.partitions for k in p.format_switch] == [gone]
         audit = run_audit(ctx, AuditOptions(write_manifest=False))
         assert audit.exit_code == 0, audit.summary()
+        # a replay over everything: every object (of either format) found already there
+        replay = run_replay(ctx, [RangeRequest(tp, 0, ends[tp] - 1) for tp in tps], ["s3", "azure"])
+        for part in replay.partitions:
+            assert part.error is None and part.conflicts == [] and part.written == {}, part
+        assert sum(sum(p.skipped.values()) for p in replay.partitions) == 2 * counts["s3"]
+        # repair: a format-2 object gone from Azure is copied back from S3 as it is
+        lost = sorted(k for k in before["azure"] if k != gone)[-1]
+        ctx.stores["azure"].delete(lost)
+        repair = run_repair(ctx, VerifyOptions())
+        assert repair.after is not None and repair.after.status == "aligned", repair.summary()
+        assert ctx.read("azure", lost) == ctx.read("s3", lost)
+        assert read_container(ctx.read("azure", lost)).format == LEGACY_FORMAT
 
     # Azure's group back at the start: its lane catches up by copying S3's objects (format 2
     # bytes as they are) for every known cut.
