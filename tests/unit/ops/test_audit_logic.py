@@ -514,3 +514,57 @@ def test_the_dead_letter_index_costs_at_most_what_it_counts(
         for d in index.values()
     )
     assert grown + held <= counted
+
+
+_SOME_HEADERS: list[RecordHeaders | None] = [
+    None,
+    [("a", b"1")],
+    [("dup", b"x"), ("dup", None), ("é", b"\xff")],
+    [],
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    heads=st.lists(st.sampled_from(_SOME_HEADERS), min_size=8, max_size=8),
+    fmt=st.sampled_from([LEGACY_FORMAT, FORMAT_VERSION]),
+    changed=st.one_of(st.none(), st.integers(0, 7)),
+)
+def test_headers_are_compared_for_format_3_objects_only(
+    heads: list[RecordHeaders | None], fmt: str, changed: int | None
+) -> None:
+    """An object of format 3 holds each record's headers: the same list as the source's is
+    `stored`, any other list (here: one record's headers replaced) is `altered` at that
+    offset. An object of format 2 never held them: it is `stored` whatever they are."""
+    source = [src(o)._replace(headers=heads[o]) for o in range(8)]
+    kept = [
+        RawRecord(s.offset, s.timestamp_ms, s.key, (s.value or b"")[5:], s.headers) for s in source
+    ]
+    if changed is not None:
+        other = [("other", b"?")] if heads[changed] != [("other", b"?")] else None
+        kept[changed] = kept[changed]._replace(headers=other)
+    key = object_key(TOPIC, 0, 0, 7)
+    data = encode_container(
+        key,
+        {SID: SCHEMA},
+        kept,
+        [SID] * 8,
+        {"topic": TOPIC, "partition": "0", "first_offset": "0", "last_offset": "7"},
+        format_version=fmt,
+    )
+    account = audit_partition(
+        (TOPIC, 0),
+        0,
+        8,
+        0,
+        {"s3": [ObjectRef("s3", key, 0, 7, len(data))]},
+        source_batches(source),
+        {},
+        lambda store, k: data,
+    )
+    if changed is None or fmt == LEGACY_FORMAT:
+        assert account.findings == [] and account.counts["stored"] == 8
+    else:
+        assert [(f.kind, f.first, f.last) for f in account.findings] == [
+            (Kind.ALTERED, changed, changed)
+        ]
