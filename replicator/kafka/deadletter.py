@@ -1,9 +1,10 @@
 """The dead-letter topic: bad records with their reason and origin, never silently dropped.
 
-Value and key are the original bytes; headers say why and where from (the `dlq.*` ones,
-first), then the original record's headers follow in their order, repeated names and null
-values included. A reader looking a `dlq.*` header up takes its first occurrence (an
-original record may carry one of the same name). Detail strings are
+Value and key are the original bytes. The headers are the original record's, in their
+order (repeated names and null values included), then the `dlq.*` ones saying why and where
+from, appended last as Kafka Connect appends its error context: a reader taking the last
+occurrence of a name (Kafka's `Headers.lastHeader`, a dict built from the list) gets ours
+even when the original record carried a header of the same name. Detail strings are
 built by the decoder and the checks from positions and lengths only, never from record
 contents. The pipeline flushes this producer before it commits any store's progress past a
 dead-lettered offset, so a record is either in the dead-letter topic or still to be read.
@@ -15,7 +16,7 @@ Sizes, one story (docs/guarantees.md, item 5):
   `message.max.bytes` to it, so the producer takes whatever the topic takes;
 - a dead letter that would not fit that limit as it is (`batch_bytes`), or that the topic
   refuses permanently (`classify`), goes out without its value: reason `oversized` (or
-  `refused`), origin headers, the value's size and SHA-256, the key if it fits, then the
+  `refused`), origin headers, the value's size and SHA-256, the key if it fits, and the
   original headers that fit (in order, from the first; `dlq.headers.dropped` counts those
   left out, always the last ones). The last form, without value and key, keeps only the
   original headers that fit in REPLACEMENT_MAX_BYTES with the rest, so that it fits any
@@ -207,7 +208,7 @@ def read_limit(kafka_conf: dict[str, Any], topic: str, timeout: float = 10.0) ->
 class Letter:
     """One dead letter as it is (stage 0) or as sent without its value (1), or without its
     value and key (2). `headers` are the `dlq.*` ones; `original` the original record's
-    headers, of which the first `kept` are sent after them (all when `kept` is negative);
+    headers, of which the first `kept` are sent before them (all when `kept` is negative);
     `wire_headers` is what goes to the topic."""
 
     key: bytes | None
@@ -220,11 +221,11 @@ class Letter:
     @property
     def wire_headers(self) -> Headers:
         if self.kept < 0 or self.kept >= len(self.original):
-            return [*self.headers, *self.original]
+            return [*self.original, *self.headers]
         dropped = len(self.original) - self.kept
         return [
-            *self.headers,
             *self.original[: self.kept],
+            *self.headers,
             (H_HEADERS_DROPPED, str(dropped).encode()),
         ]
 
@@ -241,7 +242,7 @@ _DROPPED_RESERVE = HEADER_OVERHEAD + len(H_HEADERS_DROPPED) + 10
 
 
 def fitting(key: bytes | None, headers: Headers, original: Headers, limit: int) -> int:
-    """How many of the original headers, from the first, fit after `headers` (and `key`,
+    """How many of the original headers, from the first, fit beside `headers` (and `key`,
     without value) within `limit`, room for `H_HEADERS_DROPPED` kept."""
     size = batch_bytes(key, None, headers) + _DROPPED_RESERVE
     for index, (name, hv) in enumerate(original):
@@ -441,7 +442,7 @@ class DeadLetterWriter:
         headers: RecordHeaders | None = None,
     ) -> None:
         """Send a bad record: its key, value and headers as they came (`headers`, the
-        consumed message's, in order), after the `dlq.*` headers saying why and where from."""
+        consumed message's, in order), then the `dlq.*` headers saying why and where from."""
         original: Headers = list(headers or ())
         own: Headers = [
             (H_REASON, reason.encode()),

@@ -249,8 +249,8 @@ def dead_letter_origin(
     when its origin headers or its reason are missing or malformed. A dead letter that went
     without its value (or key) carries the original's SHA-256 in a header instead."""
     found: dict[str, str | None] = {}
-    for name, raw in headers or ():
-        found.setdefault(name, _text(raw))
+    for name, raw in headers or ():  # the last occurrence: ours come after the original's
+        found[name] = _text(raw)
     topic, reason = found.get(H_TOPIC), found.get(H_REASON)
     try:
         partition = int(found.get(H_PARTITION) or "")

@@ -273,14 +273,13 @@ def test_the_smaller_form_always_fits_any_limit_from_its_floor(
         wire = small.wire_headers
         floor = REPLACEMENT_MAX_BYTES if small.stage == LAST_STAGE else limit
         assert batch_bytes(small.key, small.value, wire) <= floor
-        assert wire[: len(small.headers)] == small.headers
-        rest = wire[len(small.headers) :]
-        if rest and rest[-1][0] == H_HEADERS_DROPPED:
-            kept = rest[:-1]
-            assert rest[-1][1] == str(len(original) - len(kept)).encode()
+        if wire[-1][0] == H_HEADERS_DROPPED:
+            kept = wire[: -len(small.headers) - 1]
+            assert wire[-1][1] == str(len(original) - len(kept)).encode()
             assert len(kept) < len(original)
         else:
-            kept = rest
+            kept = wire[: -len(small.headers)]
+        assert wire[len(kept) : len(kept) + len(small.headers)] == small.headers
         assert kept == original[: len(kept)]
         if small.stage == 1 and len(kept) < len(original):
             # the next original header would not have fit
@@ -290,20 +289,24 @@ def test_the_smaller_form_always_fits_any_limit_from_its_floor(
         small = shrink(small, Refusal.TOO_LARGE, "a cause", limit)
 
 
-def test_a_dead_letter_keeps_the_original_headers_after_its_own() -> None:
+def test_a_dead_letter_keeps_the_original_headers_before_its_own() -> None:
     original: Headers = [("trace", b"t"), ("dup", b"1"), ("dup", None), ("é", b"\xff")]
     letter = _letter(b"k", b"v", original=original)
-    assert letter.wire_headers == [*letter.headers, *original]
+    assert letter.wire_headers == [*original, *letter.headers]
     small = shrink(letter, Refusal.TOO_LARGE, "c", 1_000_000)
     assert small is not None and small.stage == 1
-    assert small.wire_headers == [*small.headers, *original]
+    assert small.wire_headers == [*original, *small.headers]
+    # an original header of one of our names does not hide ours from a last-wins reader
+    spoofed = _letter(b"k", b"v", original=[(H_REASON, b"none"), (H_OFFSET, b"-1")])
+    assert dict(spoofed.wire_headers)[H_REASON] == b"undecodable"
+    assert dict(spoofed.wire_headers)[H_OFFSET] == b"17"
     # too many to fit: the first ones kept, the count of the others said
     big: Headers = [(f"h{i}", b"x" * 300) for i in range(20)]
     small = shrink(_letter(b"k", b"v" * 5_000, original=big), Refusal.TOO_LARGE, "c", 3_000)
     assert small is not None and small.stage == 1
     wire = small.wire_headers
     assert wire[-1][0] == H_HEADERS_DROPPED
-    kept = wire[len(small.headers) : -1]
+    kept = wire[: -len(small.headers) - 1]
     assert 0 < len(kept) < 20 and kept == big[: len(kept)]
     assert wire[-1][1] == str(20 - len(kept)).encode()
 

@@ -201,6 +201,9 @@ def test_dead_letter_origin_reads_headers_and_value_hashes() -> None:
     assert found is not None
     tp, offset, entry = found
     assert (tp, offset, entry.reason) == ((TOPIC, 2), 9, "oversized")
+    # the original record's headers come first: one of our names among them is not ours
+    spoofed: list[tuple[str, str | bytes | None]] = [(H_OFFSET, b"-1"), (H_REASON, b"none")]
+    assert dead_letter_origin([*spoofed, *headers], None, None) == found
     assert entry.matches(s)
     assert not entry.matches(src(9, "other"))
     # no reason, or no origin: not a dead letter of ours
