@@ -5,14 +5,20 @@ tools all speak these types, so they live below all of them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 TP = tuple[str, int]
 """A partition: (topic, partition number)."""
 
+RecordHeaders = Sequence[tuple[str, bytes | None]]
+"""A Kafka record's headers as confluent-kafka gives them for a consumed message: a list of
+(name, value) pairs in the record's order, names may repeat, a value may be None."""
+
 
 class RawRecord(NamedTuple):
-    """A good record of a chunk: its Kafka coordinates and its raw Avro body.
+    """A good record of a chunk: its Kafka coordinates, its raw Avro body and its headers
+    (None or empty: the record has none; most records have none).
 
     A NamedTuple, not a dataclass: the live loop makes one per record, and a tuple is built
     several times faster than a frozen dataclass."""
@@ -21,3 +27,4 @@ class RawRecord(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     body: bytes
+    headers: RecordHeaders | None = None

@@ -480,8 +480,74 @@ static inline unsigned char *put_long(unsigned char *out, int64_t value) {
     return out;
 }
 
+/* The Avro encoding of the envelope's headers field (format 3): an array of
+ * {key: string, value: [null, bytes]} in the record's order, one block then the end.
+ * headers: None or an empty sequence (no headers: the single byte 0), or a sequence of
+ * (str name, bytes or None value) pairs. Writes into `out` when not NULL; returns the
+ * size, or -1 with an exception set. */
+static Py_ssize_t header_block(PyObject *headers, unsigned char *out) {
+    if (headers == Py_None) {
+        if (out != NULL) *out = 0;
+        return 1;
+    }
+    PyObject *hf = PySequence_Fast(headers, "headers must be a sequence of (name, value)");
+    if (hf == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(hf), size = 0;
+    unsigned char scratch[16];
+    if (n > 0) {
+        unsigned char *end = put_long(out != NULL ? out : scratch, n);
+        size += end - (out != NULL ? out : scratch);
+    }
+    for (Py_ssize_t h = 0; h < n; h++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(hf, h);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "each header must be a (name, value) tuple");
+            goto fail;
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "header names must be str");
+            goto fail;
+        }
+        Py_ssize_t name_len;
+        const char *name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len);
+        if (name_utf8 == NULL) goto fail;
+        if (value != Py_None && !PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "header values must be bytes or None");
+            goto fail;
+        }
+        unsigned char *at = out != NULL ? out + size : scratch;
+        unsigned char *end = put_long(at, name_len);
+        size += end - at;
+        if (out != NULL) memcpy(out + size, name_utf8, (size_t)name_len);
+        size += name_len;
+        if (value == Py_None) {
+            if (out != NULL) out[size] = 0;
+            size += 1;
+        } else {
+            Py_ssize_t value_len = PyBytes_GET_SIZE(value);
+            if (out != NULL) out[size] = 2;
+            size += 1;
+            at = out != NULL ? out + size : scratch;
+            end = put_long(at, value_len);
+            size += end - at;
+            if (out != NULL) memcpy(out + size, PyBytes_AS_STRING(value), (size_t)value_len);
+            size += value_len;
+        }
+    }
+    if (out != NULL) out[size] = 0; /* the array's end */
+    size += 1;
+    Py_DECREF(hf);
+    return size;
+fail:
+    Py_DECREF(hf);
+    return -1;
+}
+
+/* The envelope of one record; `headers` is NULL for format 2 (no headers field), else the
+ * record's headers (None, or a sequence of pairs: `header_block`). */
 static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py_ssize_t key_len,
-                          const char *body, Py_ssize_t body_len) {
+                          PyObject *headers, const char *body, Py_ssize_t body_len) {
     unsigned char head[48];
     unsigned char *at = put_long(head, offset);
     at = put_long(at, timestamp);
@@ -492,7 +558,16 @@ static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py
         at = put_long(at, key_len);
     }
     Py_ssize_t head_len = at - head;
-    Py_ssize_t total = head_len + (key ? key_len : 0) + 1 + body_len;
+    Py_ssize_t headers_len = 0;
+    if (headers != NULL) {
+        if (headers == Py_None || (PyList_CheckExact(headers) && PyList_GET_SIZE(headers) == 0))
+            headers_len = 1; /* the common case: no headers, one byte */
+        else {
+            headers_len = header_block(headers, NULL);
+            if (headers_len < 0) return NULL;
+        }
+    }
+    Py_ssize_t total = head_len + (key ? key_len : 0) + headers_len + 1 + body_len;
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL) return NULL;
     char *o = PyBytes_AS_STRING(out);
@@ -501,6 +576,15 @@ static PyObject *envelope(int64_t offset, int64_t timestamp, const char *key, Py
     if (key != NULL) {
         memcpy(o, key, (size_t)key_len);
         o += key_len;
+    }
+    if (headers_len == 1) {
+        *o++ = 0;
+    } else if (headers_len > 1) {
+        if (header_block(headers, (unsigned char *)o) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        o += headers_len;
     }
     *o++ = 0; /* union branch 0 */
     memcpy(o, body, (size_t)body_len);
@@ -600,14 +684,16 @@ error:
     return NULL;
 }
 
-/* envelopes(records, branches) -> list of bytes
- * records: sequence of model.RawRecord (offset, timestamp_ms, key, body);
- * branches: the union branch of each record (0 <= branch < 64). The bytes of
- * container.encode_record(record, branch) for each. */
+/* envelopes(records, branches, with_headers) -> list of bytes
+ * records: sequence of model.RawRecord (offset, timestamp_ms, key, body[, headers]);
+ * branches: the union branch of each record (0 <= branch < 64); with_headers: format 3
+ * (the headers field) when true, format 2 when false. The bytes of
+ * container.encode_record(record, branch, format) for each. */
 static PyObject *envelopes(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *records, *branches;
-    if (!PyArg_ParseTuple(args, "OO", &records, &branches)) return NULL;
+    int with_headers;
+    if (!PyArg_ParseTuple(args, "OOp", &records, &branches, &with_headers)) return NULL;
     PyObject *rf = PySequence_Fast(records, "records must be a sequence");
     if (rf == NULL) return NULL;
     PyObject *bf = PySequence_Fast(branches, "branches must be a sequence");
@@ -631,10 +717,14 @@ static PyObject *envelopes(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "branch out of range");
             goto fail;
         }
-        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != 4) {
+        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) < 4 ||
+            PyTuple_GET_SIZE(record) > 5) {
             PyErr_SetString(PyExc_TypeError, "records must be RawRecord tuples");
             goto fail;
         }
+        PyObject *headers = NULL;
+        if (with_headers)
+            headers = PyTuple_GET_SIZE(record) == 5 ? PyTuple_GET_ITEM(record, 4) : Py_None;
         PyObject *key = PyTuple_GET_ITEM(record, 2), *body = PyTuple_GET_ITEM(record, 3);
         if (!PyBytes_Check(body) || (key != Py_None && !PyBytes_Check(key))) {
             PyErr_SetString(PyExc_TypeError, "key and body must be bytes");
@@ -645,7 +735,7 @@ static PyObject *envelopes(PyObject *self, PyObject *args) {
         long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(record, 1));
         if (ts == -1 && PyErr_Occurred()) goto fail;
         PyObject *made = envelope(offset, ts, key == Py_None ? NULL : PyBytes_AS_STRING(key),
-                                  key == Py_None ? 0 : PyBytes_GET_SIZE(key),
+                                  key == Py_None ? 0 : PyBytes_GET_SIZE(key), headers,
                                   PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
         if (made == NULL) goto fail;
         if (branch != 0) {
@@ -676,8 +766,10 @@ static PyObject *py_holds_no_nir(PyObject *self, PyObject *arg) {
         ascii_holds_no_nir((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
 }
 
-/* wire_payload(offsets, timestamps, keys, values, start, end, skip, branches)
+/* wire_payload(offsets, timestamps, keys, values, start, end, skip, branches, empty_headers)
  *   -> (payload, count, first timestamp, last timestamp) or None
+ * empty_headers: the envelopes are of format 3 and no record has a header (each envelope
+ * then holds an empty headers array); false: format 2 (no headers field).
  * The audit's fast path (replicator/ops/audit_logic.py, `wire_payload`): the four lists are
  * the columns of source records as read from Kafka (values in the Confluent wire format:
  * magic 0, a 4-byte big-endian schema id, the Avro body). For the records of [start, end)
@@ -689,9 +781,10 @@ static PyObject *wire_payload(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *offsets, *timestamps, *keys, *values, *skip, *branches;
     Py_ssize_t start, end;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!nnO!O!", &PyList_Type, &offsets, &PyList_Type,
+    int empty_headers;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!nnO!O!p", &PyList_Type, &offsets, &PyList_Type,
                           &timestamps, &PyList_Type, &keys, &PyList_Type, &values, &start, &end,
-                          &PyDict_Type, &skip, &PyDict_Type, &branches))
+                          &PyDict_Type, &skip, &PyDict_Type, &branches, &empty_headers))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(offsets);
     if (PyList_GET_SIZE(timestamps) != n || PyList_GET_SIZE(keys) != n ||
@@ -739,7 +832,7 @@ static PyObject *wire_payload(PyObject *self, PyObject *args) {
         at = put_long(at, ts);
         Py_ssize_t klen = key == Py_None ? 0 : PyBytes_GET_SIZE(key);
         total += (at - head) + 1 + (key == Py_None ? 0 : (put_long(head, klen) - head) + klen) +
-                 1 + (vlen - 5);
+                 (empty_headers ? 1 : 0) + 1 + (vlen - 5);
         if (first < 0) first = i;
         last = i;
         count++;
@@ -774,6 +867,7 @@ static PyObject *wire_payload(PyObject *self, PyObject *args) {
             memcpy(o, PyBytes_AS_STRING(key), (size_t)klen);
             o += klen;
         }
+        if (empty_headers) *o++ = 0; /* format 3: an empty headers array */
         *o++ = (unsigned char)(2 * b);
         memcpy(o, v + 5, (size_t)(vlen - 5));
         o += vlen - 5;
@@ -792,9 +886,11 @@ static PyMethodDef methods[] = {
     {"accept", accept, METH_VARARGS,
      "accept(programs, items, max_bytes) -> verdicts; None where not sure"},
     {"envelopes", envelopes, METH_VARARGS,
-     "envelopes(records, branches) -> the envelope bytes of each record (encode_record)"},
+     "envelopes(records, branches, with_headers) -> the envelope bytes of each record "
+     "(encode_record)"},
     {"wire_payload", wire_payload, METH_VARARGS,
-     "wire_payload(offsets, timestamps, keys, values, start, end, skip, branches) -> "
+     "wire_payload(offsets, timestamps, keys, values, start, end, skip, branches, "
+     "empty_headers) -> "
      "(payload, count, first ts, last ts) or None"},
     {NULL, NULL, 0, NULL},
 };

@@ -27,7 +27,9 @@ def accept(
     max_bytes: int,
     /,
 ) -> list[tuple[int, str, str] | None]: ...
-def envelopes(records: Sequence[RawRecord], branches: Sequence[int], /) -> list[bytes]: ...
+def envelopes(
+    records: Sequence[RawRecord], branches: Sequence[int], with_headers: bool, /
+) -> list[bytes]: ...
 def wire_payload(
     offsets: list[int],
     timestamps: list[int],
@@ -37,5 +39,6 @@ def wire_payload(
     end: int,
     skip: dict[int, Any],
     branches: dict[int, int],
+    empty_headers: bool,
     /,
 ) -> tuple[bytes, int, int | None, int | None] | None: ...

@@ -1,6 +1,10 @@
 """The dead-letter topic: bad records with their reason and origin, never silently dropped.
 
-Value and key are the original bytes; headers say why and where from. Detail strings are
+Value and key are the original bytes. The headers are the original record's, in their
+order (repeated names and null values included), then the `dlq.*` ones saying why and where
+from, appended last as Kafka Connect appends its error context: a reader taking the last
+occurrence of a name (Kafka's `Headers.lastHeader`, a dict built from the list) gets ours
+even when the original record carried a header of the same name. Detail strings are
 built by the decoder and the checks from positions and lengths only, never from record
 contents. The pipeline flushes this producer before it commits any store's progress past a
 dead-lettered offset, so a record is either in the dead-letter topic or still to be read.
@@ -12,8 +16,11 @@ Sizes, one story (docs/guarantees.md, item 5):
   `message.max.bytes` to it, so the producer takes whatever the topic takes;
 - a dead letter that would not fit that limit as it is (`batch_bytes`), or that the topic
   refuses permanently (`classify`), goes out without its value: reason `oversized` (or
-  `refused`), origin headers, the value's size and SHA-256, the key if it fits. So it is
-  accounted for and the partition moves on. A transient refusal (broker away,
+  `refused`), origin headers, the value's size and SHA-256, the key if it fits, and the
+  original headers that fit (in order, from the first; `dlq.headers.dropped` counts those
+  left out, always the last ones). The last form, without value and key, keeps only the
+  original headers that fit in REPLACEMENT_MAX_BYTES with the rest, so that it fits any
+  topic. So it is accounted for and the partition moves on. A transient refusal (broker away,
   authorization, missing topic) keeps the record and holds commits until it is delivered.
 """
 
@@ -26,7 +33,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -37,6 +44,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from replicator.errors import ReplicatorError
 from replicator.logs import fields
+from replicator.model import RecordHeaders
 
 log = logging.getLogger("replicator.deadletter")
 
@@ -53,6 +61,9 @@ H_VALUE_SIZE = "dlq.value.size"
 H_VALUE_SHA256 = "dlq.value.sha256"
 H_KEY_SIZE = "dlq.key.size"
 H_KEY_SHA256 = "dlq.key.sha256"
+# On a smaller form that could not keep all of the original record's headers: how many of
+# them (the last ones) were left out.
+H_HEADERS_DROPPED = "dlq.headers.dropped"
 
 REASON_OVERSIZED = "oversized"  # the dead-letter topic's limit: the value is left out
 REASON_REFUSED = "refused"  # another permanent refusal of the record: the value is left out
@@ -196,12 +207,27 @@ def read_limit(kafka_conf: dict[str, Any], topic: str, timeout: float = 10.0) ->
 @dataclass(frozen=True)
 class Letter:
     """One dead letter as it is (stage 0) or as sent without its value (1), or without its
-    value and key (2)."""
+    value and key (2). `headers` are the `dlq.*` ones; `original` the original record's
+    headers, of which the first `kept` are sent before them (all when `kept` is negative);
+    `wire_headers` is what goes to the topic."""
 
     key: bytes | None
     value: bytes | None
     headers: Headers
     stage: int = 0
+    original: Headers = field(default_factory=list)
+    kept: int = -1
+
+    @property
+    def wire_headers(self) -> Headers:
+        if self.kept < 0 or self.kept >= len(self.original):
+            return [*self.original, *self.headers]
+        dropped = len(self.original) - self.kept
+        return [
+            *self.original[: self.kept],
+            *self.headers,
+            (H_HEADERS_DROPPED, str(dropped).encode()),
+        ]
 
     def header(self, name: str) -> str:
         for hname, hvalue in self.headers:
@@ -211,6 +237,19 @@ class Letter:
 
 
 LAST_STAGE = 2
+# What `H_HEADERS_DROPPED` with its count can take (a count of up to 10 digits).
+_DROPPED_RESERVE = HEADER_OVERHEAD + len(H_HEADERS_DROPPED) + 10
+
+
+def fitting(key: bytes | None, headers: Headers, original: Headers, limit: int) -> int:
+    """How many of the original headers, from the first, fit beside `headers` (and `key`,
+    without value) within `limit`, room for `H_HEADERS_DROPPED` kept."""
+    size = batch_bytes(key, None, headers) + _DROPPED_RESERVE
+    for index, (name, hv) in enumerate(original):
+        size += HEADER_OVERHEAD + len(name.encode()) + len(hv or b"")
+        if size > limit:
+            return index
+    return len(original)
 
 
 def shrink(letter: Letter, refusal: Refusal, cause: str, limit: int) -> Letter | None:
@@ -239,17 +278,19 @@ def shrink(letter: Letter, refusal: Refusal, cause: str, limit: int) -> Letter |
             (H_VALUE_SIZE, str(len(value)).encode()),
             (H_VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
         ]
-        with_key = Letter(letter.key, None, headers, stage=1)
         if letter.key is not None and batch_bytes(letter.key, None, headers) <= limit:
-            return with_key
-        letter = with_key
+            fit = fitting(letter.key, headers, letter.original, limit)
+            return Letter(letter.key, None, headers, 1, letter.original, fit)
+        letter = Letter(letter.key, None, headers, 1, letter.original)
     key = letter.key or b""
     headers = [
         *letter.headers,
         (H_KEY_SIZE, str(len(key)).encode()),
         (H_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()),
     ]
-    return Letter(None, None, headers, stage=LAST_STAGE)
+    # The last form fits any topic: the original headers only within the floor.
+    fit = fitting(None, headers, letter.original, min(limit, REPLACEMENT_MAX_BYTES))
+    return Letter(None, None, headers, LAST_STAGE, letter.original, fit)
 
 
 # (origin topic, the replacement's reason): a dead letter went out without its value.
@@ -320,7 +361,7 @@ class DeadLetterWriter:
                     self.topic,
                     value=letter.value,
                     key=letter.key,
-                    headers=letter.headers,
+                    headers=letter.wire_headers,
                     on_delivery=lambda err, _msg: self._acked(seq, err),
                 )
                 break
@@ -398,8 +439,12 @@ class DeadLetterWriter:
         value: bytes | None,
         reason: str,
         detail: str,
+        headers: RecordHeaders | None = None,
     ) -> None:
-        headers: Headers = [
+        """Send a bad record: its key, value and headers as they came (`headers`, the
+        consumed message's, in order), then the `dlq.*` headers saying why and where from."""
+        original: Headers = list(headers or ())
+        own: Headers = [
             (H_REASON, reason.encode()),
             (H_DETAIL, detail.encode()),
             (H_TOPIC, topic.encode()),
@@ -409,9 +454,10 @@ class DeadLetterWriter:
         ]
         self._next += 1
         seq = self._next
-        self._pending[seq] = Letter(key, value, headers)
+        letter = Letter(key, value, own, original=original)
+        self._pending[seq] = letter
         self._origin[seq] = topic
-        size = batch_bytes(key, value, headers)
+        size = batch_bytes(key, value, letter.wire_headers)
         if size > self.max_message_bytes:
             cause = (
                 f"{size} bytes with its headers, over the dead-letter topic's limit of "

@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from replicator import __version__
 from replicator.errors import ReplicatorError, StoreError
 from replicator.kafka.view import KafkaUnavailable
-from replicator.model import TP
+from replicator.model import TP, RecordHeaders
 from replicator.ops.audit_logic import (
     DEAD_LETTER_ENTRY_BYTES,
     DeadLetter,
@@ -149,8 +149,14 @@ class AuditReport:
                 "retired": self.retired,
                 "settings": self.settings,
                 "range": self.options.range_json(),
-                "compared": ["offset", "timestamp", "key", "value bytes"],
-                "not_compared": ["headers (not kept in the stores yet)"],
+                "compared": [
+                    "offset",
+                    "timestamp",
+                    "key",
+                    "value bytes",
+                    "headers (objects of format 3)",
+                ],
+                "not_compared": ["headers of records in format-2 objects (not kept there)"],
             }
         ]
         for p in sorted(self.partitions, key=lambda p: (p.topic, p.partition)):
@@ -552,6 +558,7 @@ def _source(
                     [t[1] for t in map(Message.timestamp, batch)],
                     list(map(Message.key, batch)),
                     list(map(Message.value, batch)),
+                    cast(list[RecordHeaders | None], list(map(Message.headers, batch))),
                 )
             if cut or (offsets and offsets[-1] + 1 >= stop):
                 return

@@ -5,7 +5,9 @@ For one partition and an offset range [lo, hi), given the source records Kafka s
 each store's objects (listed, then read once), every offset gets exactly one class:
 
 - `stored`: in each store, in exactly one object whose key range holds it, with the key,
-  the value bytes and the timestamp of the source record;
+  the value bytes and the timestamp of the source record, and its headers (names, values,
+  order) when the object is of format 3: a format-2 object, written before headers were
+  kept, is compared without them;
 - `dead_lettered`: in no store, and the dead-letter topic holds a record naming it (origin
   headers and a reason) whose key and value are the source record's (or, for a dead letter
   that went without its value, whose SHA-256 headers are); resends count once, and are
@@ -28,8 +30,8 @@ from the source records of its key range that were not dead-lettered
 (`container.encode_record`'s bytes, made by `wire_payload`). Only when it is not is it
 decoded record by record. An object whose bytes are those of the other store's copy just
 proven equal to the source is equal too (same bytes, same key range, same source): it is
-not decompressed again. Record headers are not kept in the stores yet, so they are not
-compared.
+not decompressed again. For a format-3 object the envelopes made from the source include
+the source records' headers (a stretch of records without headers stays in C).
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from replicator.container import (
+    FORMAT_VERSION,
+    LEGACY_FORMAT,
     ContainerContents,
     StoredRecord,
     encode_envelope,
+    normalized_headers,
     read_container,
     stored_records,
 )
@@ -59,7 +64,7 @@ from replicator.kafka.deadletter import (
     H_VALUE_SHA256,
 )
 from replicator.keys import parse_key
-from replicator.model import TP
+from replicator.model import TP, RecordHeaders
 
 _native_wire_payload: Callable[..., tuple[bytes, int, int | None, int | None] | None] | None
 try:  # the compiled extension (setup.py); `wire_payload_py` below makes the same bytes
@@ -94,16 +99,18 @@ class SourceRecord(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    headers: RecordHeaders | None = None
 
 
 class SourceBatch(NamedTuple):
-    """Source records as four columns, in offset order: how the Kafka read hands them over
+    """Source records as five columns, in offset order: how the Kafka read hands them over
     (a list per column, filled by C-level loops; no Python object per record)."""
 
     offsets: list[int]
     timestamps: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
+    headers: list[RecordHeaders | None]
 
 
 def source_batches(records: Iterable[SourceRecord], size: int = 1000) -> Iterator[SourceBatch]:
@@ -124,6 +131,7 @@ def _columns(records: Sequence[SourceRecord]) -> SourceBatch:
         [r.timestamp_ms for r in records],
         [r.key for r in records],
         [r.value for r in records],
+        [r.headers for r in records],
     )
 
 
@@ -136,12 +144,15 @@ def wire_payload_py(
     end: int,
     skip: Mapping[int, object],
     branches: Mapping[int, int],
+    headers: Sequence[RecordHeaders | None] | None = None,
 ) -> tuple[bytes, int, int | None, int | None] | None:
     """The envelopes the service makes from source records i of [start, end) whose offset
     is not in `skip` (dead-lettered), joined: what a container of them holds once its blocks
     are decompressed; with their count and the first and last record's timestamp. None when
     a record could not have been stored as it is (no value, not in the wire format, a
-    schema id not in `branches`: {schema id: union branch})."""
+    schema id not in `branches`: {schema id: union branch}). `headers`: the records'
+    headers, for a format-3 object; None for a format-2 object (no headers field)."""
+    fmt = LEGACY_FORMAT if headers is None else FORMAT_VERSION
     parts: list[bytes] = []
     first: int | None = None
     last: int | None = None
@@ -154,7 +165,17 @@ def wire_payload_py(
         branch = branches.get(int.from_bytes(v[1:WIRE_HEADER], "big"))
         if branch is None:
             return None
-        parts.append(encode_envelope(offsets[i], timestamps[i], keys[i], v[WIRE_HEADER:], branch))
+        parts.append(
+            encode_envelope(
+                offsets[i],
+                timestamps[i],
+                keys[i],
+                v[WIRE_HEADER:],
+                branch,
+                None if headers is None else headers[i],
+                fmt,
+            )
+        )
         if first is None:
             first = timestamps[i]
         last = timestamps[i]
@@ -170,11 +191,19 @@ def wire_payload(
     end: int,
     skip: dict[int, DeadLetter],
     branches: dict[int, int],
+    headers: list[RecordHeaders | None] | None = None,
 ) -> tuple[bytes, int, int | None, int | None] | None:
-    """`wire_payload_py`, in C when the extension is built (one byte per branch: up to 64)."""
-    if _native_wire_payload is not None and all(0 <= b < 64 for b in branches.values()):
-        return _native_wire_payload(offsets, timestamps, keys, values, start, end, skip, branches)
-    return wire_payload_py(offsets, timestamps, keys, values, start, end, skip, branches)
+    """`wire_payload_py`, in C when the extension is built (one byte per branch: up to 64)
+    and no record of the range has a header (`headers` None: format 2)."""
+    if (
+        _native_wire_payload is not None
+        and all(0 <= b < 64 for b in branches.values())
+        and (headers is None or not any(headers[start:end]))
+    ):
+        return _native_wire_payload(
+            offsets, timestamps, keys, values, start, end, skip, branches, headers is not None
+        )
+    return wire_payload_py(offsets, timestamps, keys, values, start, end, skip, branches, headers)
 
 
 def sha256_hex(data: bytes | None) -> str | None:
@@ -220,8 +249,8 @@ def dead_letter_origin(
     when its origin headers or its reason are missing or malformed. A dead letter that went
     without its value (or key) carries the original's SHA-256 in a header instead."""
     found: dict[str, str | None] = {}
-    for name, raw in headers or ():
-        found.setdefault(name, _text(raw))
+    for name, raw in headers or ():  # the last occurrence: ours come after the original's
+        found[name] = _text(raw)
     topic, reason = found.get(H_TOPIC), found.get(H_REASON)
     try:
         partition = int(found.get(H_PARTITION) or "")
@@ -540,6 +569,7 @@ def audit_partition(
     stamps: list[int] = []
     keys: list[bytes | None] = []
     values: list[bytes | None] = []
+    heads: list[RecordHeaders | None] = []
     window_bytes = 0
     seen_to = -1  # the highest offset read so far
     exhausted = False
@@ -565,6 +595,7 @@ def audit_partition(
             stamps.extend(batch.timestamps[k:])
             keys.extend(ks)
             values.extend(vs)
+            heads.extend(batch.headers[k:])
             seen_to = offsets[-1]
             window_bytes += weight(ks, vs)
             if window_bytes > max_window_bytes:
@@ -578,13 +609,13 @@ def audit_partition(
         k = bisect.bisect_left(offsets, below)
         if k:
             window_bytes -= weight(keys[:k], values[:k])
-            for column in (offsets, stamps, keys, values):
+            for column in (offsets, stamps, keys, values, heads):
                 del column[:k]
 
     def source_at(offset: int) -> SourceRecord | None:
         i = bisect.bisect_left(offsets, offset)
         if i < len(offsets) and offsets[i] == offset:
-            return SourceRecord(offset, stamps[i], keys[i], values[i])
+            return SourceRecord(offset, stamps[i], keys[i], values[i], heads[i])
         return None
 
     def drain(upto: int) -> None:
@@ -661,7 +692,17 @@ def audit_partition(
             i, j = bisect.bisect_left(offsets, ref.first), bisect.bisect_right(offsets, ref.last)
             # the union's branches as the writer numbers them (container.envelopes_payload)
             branches = {sid: b for b, sid in enumerate(sorted(contents.schema_ids))}
-            made = wire_payload(offsets, stamps, keys, values, i, j, skip, branches)
+            made = wire_payload(
+                offsets,
+                stamps,
+                keys,
+                values,
+                i,
+                j,
+                skip,
+                branches,
+                heads if contents.has_headers else None,
+            )
             if (
                 made is not None
                 and contents.metadata.get("replicator.first_offset") == str(ref.first)
@@ -711,6 +752,7 @@ def audit_partition(
                     src.timestamp_ms == rec.timestamp_ms
                     and src.key == rec.key
                     and src.value == _wire(rec)
+                    and (rec.headers is None or rec.headers == normalized_headers(src.headers))
                 ):
                     holding = EQUAL
                 else:

@@ -12,7 +12,7 @@ import io
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import fastavro
 from confluent_kafka import KafkaException, Message
@@ -20,13 +20,14 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from replicator.chunking import ChunkRules
 from replicator.config import Settings
+from replicator.container import normalized_headers
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.judge.registry import RegistryUnavailable, SchemaResolver, initial_registry
 from replicator.judge.rules import check_record, find_identifier_in_message
 from replicator.kafka.progress import ProgressLog
 from replicator.kafka.view import KafkaUnavailable, KafkaView
 from replicator.keys import offset_marker, parse_key, partition_prefix
-from replicator.model import TP, RawRecord
+from replicator.model import TP, RawRecord, RecordHeaders
 from replicator.ops.findings import RecordPrint, canonical
 from replicator.schemas import HEADER_SIZE, DecodeError, SchemaRegistry, decode_wire
 from replicator.stores.base import ObjectInfo, Store
@@ -248,6 +249,7 @@ class OpsContext:
                 timestamp_ms=int(msg.timestamp()[1]),
                 key=key,
                 body=bytes(decoded.body),
+                headers=cast(RecordHeaders | None, headers),
             ),
             decoded.schema.id,
         )
@@ -257,7 +259,9 @@ class OpsContext:
         gives it back: logical types applied)."""
         schema = self.registry.get(schema_id)
         value = fastavro.schemaless_reader(io.BytesIO(record.body), schema.parsed, None)
-        return RecordPrint(record.timestamp_ms, record.key, canonical(value))
+        return RecordPrint(
+            record.timestamp_ms, record.key, canonical(value), normalized_headers(record.headers)
+        )
 
     def kafka_prints(self, tp: TP, first: int, last: int) -> dict[int, RecordPrint]:
         """The good records Kafka holds in [first, last], as prints by offset."""

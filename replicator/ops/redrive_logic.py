@@ -86,7 +86,7 @@ class Letter:
     value: bytes | None
     value_dropped: bool  # sent without its value (dlq.value.size / dlq.value.sha256)
     key_dropped: bool
-    headers: tuple[tuple[str, bytes | None], ...]  # the original's: none named dlq.*
+    headers: tuple[tuple[str, bytes | None], ...]  # the original's: before our dlq.* run
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -116,13 +116,17 @@ def parse_letter(
 ) -> Letter | None:
     """A dead-letter record as a `Letter`; None when its reason or origin headers are
     missing or malformed (not a dead letter of this service: reported, never re-driven)."""
+    # The dead-letter writer appends its `dlq.*` headers after the original's own, always
+    # starting with `dlq.reason`: ours run from its last occurrence, the original's are all
+    # before it (an original header that happens to be named `dlq.*` stays the original's).
+    listed = list(headers or ())
+    start = max((i for i, (name, _raw) in enumerate(listed) if name == H_REASON), default=None)
+    if start is None:
+        return None
     found: dict[str, str | None] = {}
-    kept: list[tuple[str, bytes | None]] = []
-    for name, raw in headers or ():
-        if name.startswith(DLQ_PREFIX):
-            found.setdefault(name, _text(raw))
-        else:
-            kept.append((name, raw.encode() if isinstance(raw, str) else raw))
+    for name, raw in listed[start:]:
+        found.setdefault(name, _text(raw))
+    kept = [(name, raw.encode() if isinstance(raw, str) else raw) for name, raw in listed[:start]]
     reason, topic = found.get(H_REASON), found.get(H_TOPIC)
     origin_partition = _int(found.get(H_PARTITION))
     origin_offset = _int(found.get(H_OFFSET))

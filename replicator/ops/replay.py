@@ -41,7 +41,7 @@ from replicator.kafka.view import KafkaUnavailable
 from replicator.keys import parse_key
 from replicator.model import TP
 from replicator.ops.context import OpsContext, Progress
-from replicator.ops.findings import decode_object
+from replicator.ops.findings import decode_object, same_prints
 from replicator.stores.base import ObjectInfo, PutOutcome
 
 log = logging.getLogger("replicator.replay")
@@ -357,7 +357,7 @@ def _write(
                 for r, sid in zip(chunk.records, chunk.schema_ids, strict=True)
             }
         obj = decode_object(enc.key, ctx.read(store, enc.key))
-        return obj.error is None and obj.records == prints
+        return obj.error is None and same_prints(obj.records, prints)
 
     for store in targets:
         mine = held.get(store)

@@ -8,6 +8,12 @@ stores, read it from each store and compare it record by record with what Kafka 
 (`findings.compare_records`), so the report names the offsets concerned and which store
 holds the right object.
 
+An object whose copies differ only by format (one store holds the chunk as the previous
+version wrote it, format 2 without the record headers, the other as this version writes
+it, with the same records: `container.same_chunk`) is no finding: the key is listed under
+the partition's `format_switch` instead. Records are compared by timestamp, key and event,
+and by headers where both sides keep them (format 3 objects and Kafka).
+
 Time filters (`since`, `until`) become offsets with `KafkaView.offset_for_time`; objects that
 end below a time filter's start are neither checked nor compared. Without a filter,
 coverage is checked from the first retained offset, and objects below it (history Kafka no
@@ -22,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from replicator.container import read_container, same_chunk
 from replicator.errors import ReplicatorError, StoreError
 from replicator.kafka.view import KafkaUnavailable
 from replicator.model import TP
@@ -97,6 +104,8 @@ def run_verify(
 
     with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
         report.partitions = list(pool.map(one, tps))
+    for part in report.partitions:
+        settle_format_switch(ctx, part)
     if options.deep:
         compared = 0
         for part in report.partitions:
@@ -110,6 +119,52 @@ def run_verify(
                 compared += 1
     report.finished_at = utc_now()
     return report
+
+
+def settle_format_switch(ctx: OpsContext, part: PartitionReport) -> None:
+    """Drop the `differs` findings whose copies are one chunk in two formats (the previous
+    version's copy in one store, this version's in another: `container.same_chunk`); their
+    keys go to `part.format_switch`. A copy that cannot be read leaves the finding."""
+    kept: list[Finding] = []
+    for finding in part.findings:
+        if finding.kind is FindingKind.DIFFERS and finding.key is not None:
+            copies = read_objects_bytes(ctx, finding.key, finding.sources)
+            if len(copies) == len(finding.sources) and _one_chunk(list(copies.values())):
+                part.format_switch.append(finding.key)
+                continue
+        kept.append(finding)
+    part.findings = kept
+    if part.status == "diverged" and not kept:
+        part.status = "aligned"
+
+
+def _one_chunk(copies: list[bytes]) -> bool:
+    """Whether these copies of one key are one chunk: every copy of an earlier format holds
+    what the newest-format copy holds, and the newest-format copies are equal bytes."""
+    formats: list[str] = []
+    for data in copies:
+        try:
+            formats.append(read_container(data).format)
+        except ValueError:
+            return False
+    newest = max(formats)
+    reference = [d for d, f in zip(copies, formats, strict=True) if f == newest]
+    if any(d != reference[0] for d in reference):
+        return False
+    return all(
+        same_chunk(d, reference[0]) for d, f in zip(copies, formats, strict=True) if f != newest
+    )
+
+
+def read_objects_bytes(ctx: OpsContext, key: str, stores: list[str]) -> dict[str, bytes]:
+    """Each store's object at `key`; a store that cannot read it is left out."""
+    out: dict[str, bytes] = {}
+    for store in stores:
+        try:
+            out[store] = ctx.read(store, key)
+        except StoreError as exc:
+            log.warning("read_failed", extra={"replicator_fields": {"error": str(exc)}})
+    return out
 
 
 def _checks(ctx: OpsContext, tps: list[TP], options: VerifyOptions) -> dict[TP, PartitionCheck]:

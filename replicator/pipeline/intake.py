@@ -23,7 +23,7 @@ from replicator.chunking import Chunk, PlanConflict
 from replicator.judge.batch import Item, Verdict, judge_batch, judge_items, start_pool
 from replicator.judge.registry import REGISTRY_UNAVAILABLE, RegistryUnavailable, SchemaResolver
 from replicator.logs import EventBudget, fields
-from replicator.model import TP, RawRecord
+from replicator.model import TP, RawRecord, RecordHeaders
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.state import PartitionState, ServiceState, coords, log
 from replicator.schemas import HEADER_SIZE, SchemaSpec
@@ -167,7 +167,7 @@ class Intake:
         valid = False
         batch = zip(msgs, states, items, verdicts, strict=True)
         for msg, state, item, verdict in batch:
-            _topic, value, offset, timestamp_ms, key, _headers = item
+            _topic, value, offset, timestamp_ms, key, headers = item
             if state is not current:
                 current = state
                 valid = state.ready and not state.held_until and parts.get(state.tp) is state
@@ -179,7 +179,9 @@ class Intake:
             schema_id = verdict[0]
             record: RawRecord | None
             if schema_id is not None:
-                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:])
+                # confluent-kafka gives a consumed message's headers as RecordHeaders (its
+                # stubs say more); no cast here: this runs once per record.
+                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:], headers)  # type: ignore[arg-type]
             else:
                 settled = verdict
                 if verdict[1] == "unknown_schema_id":  # first seen? (rare: a bad record's path)
@@ -190,7 +192,7 @@ class Intake:
                         continue
                     schema_id = settled[0]
                 if schema_id is not None:
-                    record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:])
+                    record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:], headers)  # type: ignore[arg-type]
                 else:
                     record, _none = self.apply_verdict(msg, settled, live=True)
             taken += 1
@@ -216,7 +218,11 @@ class Intake:
         if schema_id is not None:
             assert value is not None
             return RawRecord(
-                offset=offset, timestamp_ms=ts, key=msg.key(), body=value[5:]
+                offset=offset,
+                timestamp_ms=ts,
+                key=msg.key(),
+                body=value[5:],
+                headers=cast(RecordHeaders | None, msg.headers()),
             ), schema_id
         if live:
             dlq = self.state.dlq
@@ -230,6 +236,7 @@ class Intake:
                 value=value,
                 reason=reason,
                 detail=detail,
+                headers=cast(RecordHeaders | None, msg.headers()),
             )
             self.state.dlq_dirty = True
             self.metrics.dead_letters.labels(topic, reason).inc()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from replicator.chunking import Chunk
-from replicator.container import EncodedChunk, encode_chunk
+from replicator.container import EncodedChunk, encode_chunk, same_chunk
 from replicator.errors import ConflictError, StoreError
 from replicator.logs import fields
 from replicator.model import TP
@@ -105,7 +105,18 @@ class Lanes:
         def attempt() -> PutOutcome:
             started = time.monotonic()
             try:
-                outcome = lane.store.create_if_absent(enc.key, enc.data, enc.md5, enc.metadata)
+                try:
+                    outcome = lane.store.create_if_absent(enc.key, enc.data, enc.md5, enc.metadata)
+                except ConflictError:
+                    # The previous version's object for this chunk (format 2, no headers) is
+                    # this chunk: kept as it is, never overwritten (`container.same_chunk`).
+                    if not same_chunk(lane.store.read(enc.key), enc.data):
+                        raise
+                    log.info(
+                        "kept_earlier_format",
+                        extra=fields(store=lane.name, key=enc.key),
+                    )
+                    outcome = PutOutcome.ALREADY_PRESENT
             except StoreError as exc:
                 self.metrics.store_errors.labels(lane.name, exc.kind.value).inc()
                 raise

@@ -1,7 +1,12 @@
 """The container file: read back by fastavro (an Avro reader independent of our writer),
 byte-for-byte deterministic, with its metadata in the header. A chunk may mix records of
 several writer schemas: the envelope's value is a union of them, ordered by schema id, each
-branch's named types moved to the namespace `<ns>.s<id>`."""
+branch's named types moved to the namespace `<ns>.s<id>`.
+
+This module pins format 2 (the envelope without headers, byte for byte as the previous
+version wrote it): the encoder still writes it on request, which is how the tests make the
+objects an earlier version left in the stores. Format 3 (with the record headers) is pinned
+in test_container_headers.py."""
 
 from __future__ import annotations
 
@@ -28,18 +33,33 @@ from fastavro.schema import SchemaParseException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from replicator import container
 from replicator.container import (
     BLOCK_TARGET_BYTES,
-    FORMAT_VERSION,
+    LEGACY_FORMAT,
     MAGIC,
-    encode_container,
-    encode_record,
-    envelope_schema,
     namespaced,
     sync_marker,
     zigzag_varint,
 )
 from replicator.model import RawRecord
+
+FORMAT_VERSION = LEGACY_FORMAT
+
+
+def encode_container(*args: Any, **kw: Any) -> bytes:
+    """The container encoder, writing format 2."""
+    kw.setdefault("format_version", LEGACY_FORMAT)
+    return container.encode_container(*args, **kw)
+
+
+def encode_record(record: RawRecord, branch: int) -> bytes:
+    return container.encode_record(record, branch, LEGACY_FORMAT)
+
+
+def envelope_schema(value_schemas: Mapping[int, str]) -> str:
+    return container.envelope_schema(value_schemas, LEGACY_FORMAT)
+
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"

@@ -20,7 +20,7 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicator.container import encode_record, zigzag_varint
+from replicator.container import LEGACY_FORMAT, READABLE_FORMATS, encode_record, zigzag_varint
 from replicator.devtools.synthetic import BAD_KINDS, BadKind, SyntheticSource
 from replicator.judge.batch import GOOD, Item, judge, judge_items
 from replicator.judge.native import compiled, extension, native_programs, program_ops
@@ -387,36 +387,72 @@ def test_items_that_do_not_fit_are_left_to_python() -> None:
 
 # --- envelopes made by the extension for the container -------------------------------------
 
+_HEADERS = st.one_of(
+    st.none(),
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(["a", "trace-id", ""]), st.text(max_size=40)),
+            st.one_of(st.none(), st.binary(max_size=200)),
+        ),
+        max_size=8,
+    ),
+)
 _RECORDS = st.builds(
     RawRecord,
     offset=st.integers(0, (1 << 63) - 1),
     timestamp_ms=st.integers(-(1 << 63), (1 << 63) - 1),
     key=st.one_of(st.none(), st.binary(max_size=300)),
     body=st.binary(max_size=300),
+    headers=_HEADERS,
 )
 
 
 @FUZZ
-@given(records=st.lists(st.tuples(_RECORDS, st.integers(0, 63)), min_size=0, max_size=30))
-def test_envelopes_are_those_of_encode_record(records: list[tuple[RawRecord, int]]) -> None:
-    """Every branch, key and varint length."""
+@given(
+    records=st.lists(st.tuples(_RECORDS, st.integers(0, 63)), min_size=0, max_size=30),
+    fmt=st.sampled_from(sorted(READABLE_FORMATS)),
+)
+def test_envelopes_are_those_of_encode_record(
+    records: list[tuple[RawRecord, int]], fmt: str
+) -> None:
+    """Every branch, key, header list and varint length, in both formats (format 2 leaves
+    the headers out). Names that are not valid UTF-8 (lone surrogates) fail alike."""
     chunk = [record for record, _branch in records]
     branches = [branch for _record, branch in records]
-    assert _module().envelopes(chunk, branches) == [
-        encode_record(record, branch) for record, branch in zip(chunk, branches, strict=True)
-    ]
+    try:
+        expected = [
+            encode_record(record, branch, fmt)
+            for record, branch in zip(chunk, branches, strict=True)
+        ]
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            _module().envelopes(chunk, branches, fmt != LEGACY_FORMAT)
+        return
+    assert _module().envelopes(chunk, branches, fmt != LEGACY_FORMAT) == expected
 
 
 def test_envelopes_refuse_what_encode_record_cannot_take() -> None:
     record = RawRecord(1, 2, None, b"x")
     with pytest.raises(ValueError, match="one branch per record"):
-        _module().envelopes([record], [])
+        _module().envelopes([record], [], True)
     with pytest.raises(ValueError, match="branch out of range"):
-        _module().envelopes([record], [64])
+        _module().envelopes([record], [64], True)
     with pytest.raises(TypeError):
-        _module().envelopes([record._replace(body="x")], [0])  # type: ignore[arg-type]
+        _module().envelopes([record._replace(body="x")], [0], True)  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
-        _module().envelopes([record._replace(offset=1 << 64)], [0])
+        _module().envelopes([record._replace(offset=1 << 64)], [0], True)
+    cases: list[tuple[Any, str]] = [
+        ([(b"name", b"v")], "header names must be str"),
+        ([("name", "text")], "header values must be bytes or None"),
+        ([("name",)], "each header must be a"),
+        (7, "headers must be a sequence"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(TypeError, match=message):
+            _module().envelopes([record._replace(headers=bad)], [0], True)
+        if not isinstance(bad, int):
+            with pytest.raises(TypeError, match=message):
+                encode_record(record._replace(headers=bad), 0)
 
 
 _KEY_TEXT = st.one_of(

@@ -21,6 +21,7 @@ from replicator.kafka.deadletter import (
     DEFAULT_MAX_MESSAGE_BYTES,
     H_DETAIL,
     H_FIRST_REASON,
+    H_HEADERS_DROPPED,
     H_KEY_SHA256,
     H_KEY_SIZE,
     H_OFFSET,
@@ -168,7 +169,13 @@ def test_batch_bytes_is_never_below_the_size_kafka_compares_with_the_limit(
 
 
 # ------------------------------------------------------------------ shrink
-def _letter(key: bytes | None, value: bytes | None, detail: str = "d", topic: str = "t") -> Letter:
+def _letter(
+    key: bytes | None,
+    value: bytes | None,
+    detail: str = "d",
+    topic: str = "t",
+    original: Headers | None = None,
+) -> Letter:
     return Letter(
         key,
         value,
@@ -180,6 +187,7 @@ def _letter(key: bytes | None, value: bytes | None, detail: str = "d", topic: st
             (H_OFFSET, b"17"),
             (H_TIMESTAMP, b"1700000000000"),
         ],
+        original=list(original or []),
     )
 
 
@@ -227,28 +235,80 @@ def test_a_key_that_does_not_fit_is_left_out_too_with_its_size_and_hash() -> Non
     assert shrink(last, Refusal.TOO_LARGE, "c", 2_000) is None
 
 
-@settings(max_examples=200, deadline=None)
+_ORIGINAL = st.lists(
+    st.tuples(
+        st.text(max_size=30),
+        st.one_of(st.none(), st.integers(0, 3_000).map(lambda n: b"h" * n)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     key=st.one_of(st.none(), st.integers(0, 5_000)),
     value=st.one_of(st.none(), st.integers(0, 50_000)),
     detail=st.text(max_size=3_000),
     topic=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=249),
     limit=st.integers(REPLACEMENT_MAX_BYTES, 10_000),
+    original=_ORIGINAL,
 )
 def test_the_smaller_form_always_fits_any_limit_from_its_floor(
-    key: int | None, value: int | None, detail: str, topic: str, limit: int
+    key: int | None, value: int | None, detail: str, topic: str, limit: int, original: Headers
 ) -> None:
-    """Whatever the record, its detail and its topic name (Kafka allows 249 characters),
-    the smaller form fits any limit of REPLACEMENT_MAX_BYTES or more."""
+    """Whatever the record, its detail, its topic name (Kafka allows 249 characters) and
+    its own headers, each smaller form fits any limit of REPLACEMENT_MAX_BYTES or more (the
+    last one even a limit of REPLACEMENT_MAX_BYTES alone, whatever `limit` was), and keeps
+    the original headers from the first on, in order, as many as fit, counting the others
+    in dlq.headers.dropped."""
     letter = _letter(
         None if key is None else b"k" * key,
         None if value is None else b"v" * value,
         detail,
         topic,
+        original,
     )
     small = shrink(letter, Refusal.TOO_LARGE, "a cause", limit)
-    assert small is not None
-    assert batch_bytes(small.key, small.value, small.headers) <= limit
+    while small is not None:
+        wire = small.wire_headers
+        floor = REPLACEMENT_MAX_BYTES if small.stage == LAST_STAGE else limit
+        assert batch_bytes(small.key, small.value, wire) <= floor
+        if wire[-1][0] == H_HEADERS_DROPPED:
+            kept = wire[: -len(small.headers) - 1]
+            assert wire[-1][1] == str(len(original) - len(kept)).encode()
+            assert len(kept) < len(original)
+        else:
+            kept = wire[: -len(small.headers)]
+        assert wire[len(kept) : len(kept) + len(small.headers)] == small.headers
+        assert kept == original[: len(kept)]
+        if small.stage == 1 and len(kept) < len(original):
+            # the next original header would not have fit
+            name, hv = original[len(kept)]
+            grown = [*small.headers, *kept, (name, hv), (H_HEADERS_DROPPED, b"9" * 10)]
+            assert batch_bytes(small.key, None, grown) > limit
+        small = shrink(small, Refusal.TOO_LARGE, "a cause", limit)
+
+
+def test_a_dead_letter_keeps_the_original_headers_before_its_own() -> None:
+    original: Headers = [("trace", b"t"), ("dup", b"1"), ("dup", None), ("é", b"\xff")]
+    letter = _letter(b"k", b"v", original=original)
+    assert letter.wire_headers == [*original, *letter.headers]
+    small = shrink(letter, Refusal.TOO_LARGE, "c", 1_000_000)
+    assert small is not None and small.stage == 1
+    assert small.wire_headers == [*original, *small.headers]
+    # an original header of one of our names does not hide ours from a last-wins reader
+    spoofed = _letter(b"k", b"v", original=[(H_REASON, b"none"), (H_OFFSET, b"-1")])
+    assert dict(spoofed.wire_headers)[H_REASON] == b"undecodable"
+    assert dict(spoofed.wire_headers)[H_OFFSET] == b"17"
+    # too many to fit: the first ones kept, the count of the others said
+    big: Headers = [(f"h{i}", b"x" * 300) for i in range(20)]
+    small = shrink(_letter(b"k", b"v" * 5_000, original=big), Refusal.TOO_LARGE, "c", 3_000)
+    assert small is not None and small.stage == 1
+    wire = small.wire_headers
+    assert wire[-1][0] == H_HEADERS_DROPPED
+    kept = wire[: -len(small.headers) - 1]
+    assert 0 < len(kept) < 20 and kept == big[: len(kept)]
+    assert wire[-1][1] == str(20 - len(kept)).encode()
 
 
 # ------------------------------------------------------------------ the writer

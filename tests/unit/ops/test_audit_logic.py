@@ -19,6 +19,8 @@ from pydantic import ValidationError
 
 from replicator.config import Settings
 from replicator.container import (
+    FORMAT_VERSION,
+    LEGACY_FORMAT,
     encode_container,
     encode_envelope,
     read_container,
@@ -34,7 +36,7 @@ from replicator.kafka.deadletter import (
     H_VALUE_SHA256,
 )
 from replicator.keys import object_key
-from replicator.model import RawRecord
+from replicator.model import RawRecord, RecordHeaders
 from replicator.ops.audit_logic import (
     DEAD_LETTER_ENTRY_BYTES,
     DEAD_LETTER_PLACE,
@@ -199,6 +201,9 @@ def test_dead_letter_origin_reads_headers_and_value_hashes() -> None:
     assert found is not None
     tp, offset, entry = found
     assert (tp, offset, entry.reason) == ((TOPIC, 2), 9, "oversized")
+    # the original record's headers come first: one of our names among them is not ours
+    spoofed: list[tuple[str, str | bytes | None]] = [(H_OFFSET, b"-1"), (H_REASON, b"none")]
+    assert dead_letter_origin([*spoofed, *headers], None, None) == found
     assert entry.matches(s)
     assert not entry.matches(src(9, "other"))
     # no reason, or no origin: not a dead letter of ours
@@ -416,22 +421,45 @@ def columns(
     return offsets, stamps, keys, values, branches
 
 
+_HEADER_LISTS: st.SearchStrategy[list[tuple[str, bytes | None]] | None] = st.one_of(
+    st.none(),
+    st.just([]),
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "é"]), st.one_of(st.none(), st.binary(max_size=9))),
+        min_size=1,
+        max_size=3,
+    ),
+)
+
+
 @settings(max_examples=400, deadline=None)
-@given(columns(), st.integers(0, 13), st.integers(0, 13), st.sets(st.integers(0, 12)))
+@given(
+    columns(),
+    st.integers(0, 13),
+    st.integers(0, 13),
+    st.sets(st.integers(0, 12)),
+    st.one_of(st.none(), st.lists(_HEADER_LISTS, min_size=13, max_size=13)),
+)
 def test_the_compiled_payload_is_the_python_one(
     cols: tuple[list[int], list[int], list[bytes | None], list[bytes | None], dict[int, int]],
     start: int,
     end: int,
     dead_at: set[int],
+    heads: list[RecordHeaders | None] | None,
 ) -> None:
-    """wire_payload (C) makes the bytes of wire_payload_py, and both are the envelopes
-    container.encode_envelope makes of the records not skipped."""
+    """wire_payload (C, or Python where a record has headers) makes the bytes of
+    wire_payload_py, and both are the envelopes container.encode_envelope makes of the
+    records not skipped: without a headers field (`heads` None: format 2) or with each
+    record's headers (format 3)."""
     offsets, stamps, keys, values, branches = cols
+    if heads is not None:
+        heads = heads[: len(offsets)]
+    fmt = LEGACY_FORMAT if heads is None else FORMAT_VERSION
     skip = {
         offsets[i]: dl(SourceRecord(offsets[i], 0, None, None)) for i in dead_at if i < len(offsets)
     }
-    made = wire_payload(offsets, stamps, keys, values, start, end, skip, branches)
-    assert made == wire_payload_py(offsets, stamps, keys, values, start, end, skip, branches)
+    made = wire_payload(offsets, stamps, keys, values, start, end, skip, branches, heads)
+    assert made == wire_payload_py(offsets, stamps, keys, values, start, end, skip, branches, heads)
     kept = [i for i in range(start, min(end, len(offsets))) if offsets[i] not in skip]
     storable = all(
         (v := values[i]) is not None
@@ -451,6 +479,8 @@ def test_the_compiled_payload_is_the_python_one(
                 keys[i],
                 (values[i] or b"")[5:],
                 branches[int.from_bytes((values[i] or b"")[1:5], "big")],
+                None if heads is None else heads[i],
+                fmt,
             )
             for i in kept
         ),
@@ -487,3 +517,57 @@ def test_the_dead_letter_index_costs_at_most_what_it_counts(
         for d in index.values()
     )
     assert grown + held <= counted
+
+
+_SOME_HEADERS: list[RecordHeaders | None] = [
+    None,
+    [("a", b"1")],
+    [("dup", b"x"), ("dup", None), ("é", b"\xff")],
+    [],
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    heads=st.lists(st.sampled_from(_SOME_HEADERS), min_size=8, max_size=8),
+    fmt=st.sampled_from([LEGACY_FORMAT, FORMAT_VERSION]),
+    changed=st.one_of(st.none(), st.integers(0, 7)),
+)
+def test_headers_are_compared_for_format_3_objects_only(
+    heads: list[RecordHeaders | None], fmt: str, changed: int | None
+) -> None:
+    """An object of format 3 holds each record's headers: the same list as the source's is
+    `stored`, any other list (here: one record's headers replaced) is `altered` at that
+    offset. An object of format 2 never held them: it is `stored` whatever they are."""
+    source = [src(o)._replace(headers=heads[o]) for o in range(8)]
+    kept = [
+        RawRecord(s.offset, s.timestamp_ms, s.key, (s.value or b"")[5:], s.headers) for s in source
+    ]
+    if changed is not None:
+        other = [("other", b"?")] if heads[changed] != [("other", b"?")] else None
+        kept[changed] = kept[changed]._replace(headers=other)
+    key = object_key(TOPIC, 0, 0, 7)
+    data = encode_container(
+        key,
+        {SID: SCHEMA},
+        kept,
+        [SID] * 8,
+        {"topic": TOPIC, "partition": "0", "first_offset": "0", "last_offset": "7"},
+        format_version=fmt,
+    )
+    account = audit_partition(
+        (TOPIC, 0),
+        0,
+        8,
+        0,
+        {"s3": [ObjectRef("s3", key, 0, 7, len(data))]},
+        source_batches(source),
+        {},
+        lambda store, k: data,
+    )
+    if changed is None or fmt == LEGACY_FORMAT:
+        assert account.findings == [] and account.counts["stored"] == 8
+    else:
+        assert [(f.kind, f.first, f.last) for f in account.findings] == [
+            (Kind.ALTERED, changed, changed)
+        ]

@@ -22,6 +22,8 @@ from replicator.ops.findings import (
     format_ranges,
     merge_ranges,
     right_stores,
+    same_print,
+    same_prints,
     to_ranges,
 )
 from replicator.ops.replay import _align
@@ -301,3 +303,16 @@ def test_replay_skips_what_kafka_no_longer_holds() -> None:
     # between objects, what Kafka still holds is replayed
     assert _align([(130, 199)], 0, 150, 120, 200, notes) == (120, 199)
     assert notes == ["offsets 0-119 are no longer in Kafka"]
+
+
+def test_record_prints_compare_headers_only_where_both_sides_keep_them() -> None:
+    """A format-2 object's print knows no headers (None): it matches Kafka's record
+    whatever its headers; a format-3 object's print must carry the very same list."""
+    kafka = RecordPrint(5, b"k", "{}", (("a", b"1"), ("a", None)))
+    assert same_print(RecordPrint(5, b"k", "{}", None), kafka)
+    assert same_print(kafka, RecordPrint(5, b"k", "{}", (("a", b"1"), ("a", None))))
+    for other in [(("a", None), ("a", b"1")), (("a", b"1"),), (), (("b", b"1"), ("a", None))]:
+        assert not same_print(RecordPrint(5, b"k", "{}", other), kafka)
+    assert not same_print(RecordPrint(6, b"k", "{}", None), kafka)
+    assert same_prints({1: kafka}, {1: RecordPrint(5, b"k", "{}", None)})
+    assert not same_prints({1: kafka}, {2: kafka})

@@ -74,7 +74,7 @@ def dlq_headers(
 def letter(**kw: Any) -> Letter:
     headers = kw.pop("headers", [])
     value = kw.pop("value", b"\x00\x00\x00\x00\x05body")
-    parsed = parse_letter(0, 7, b"key", value, [*dlq_headers(**kw), *headers])
+    parsed = parse_letter(0, 7, b"key", value, [*headers, *dlq_headers(**kw)])
     assert parsed is not None
     return parsed
 
@@ -83,7 +83,10 @@ def letter(**kw: Any) -> Letter:
 
 
 def test_a_dead_letter_is_read_with_its_origin_and_the_original_headers_in_order() -> None:
-    headers = [("trace", b"t1"), *dlq_headers(), ("b", None), ("a", "text")]
+    """The dead-letter writer appends its `dlq.*` headers after the original's own: an
+    original header named `dlq.*` (before that run) is the original's, kept."""
+    headers = [("trace", b"t1"), ("dlq.reason", b"theirs"), ("b", None), ("a", "text")]
+    headers += dlq_headers()
     got = parse_letter(2, 9, b"k", b"v", headers)
     assert got is not None
     assert (got.partition, got.offset, got.reason, got.first_reason) == (
@@ -95,7 +98,7 @@ def test_a_dead_letter_is_read_with_its_origin_and_the_original_headers_in_order
     assert (got.origin_topic, got.origin_partition, got.origin_offset) == (TOPICS[0], 1, 42)
     assert got.origin_timestamp_ms == 1_790_000_000_000
     assert (got.key, got.value, got.value_dropped, got.key_dropped) == (b"k", b"v", False, False)
-    assert got.headers == (("trace", b"t1"), ("b", None), ("a", b"text"))
+    assert got.headers == (("trace", b"t1"), ("dlq.reason", b"theirs"), ("b", None), ("a", b"text"))
 
 
 @pytest.mark.parametrize(
@@ -303,10 +306,10 @@ def test_a_redriven_record_names_its_origin_and_keeps_the_original_headers(
     assert redriven_origin(headers) == (topic, partition, offset)
     assert redriven_origin(dict(headers)) == (topic, partition, offset)
     names = [n for n, _ in headers]
-    assert not [n for n in names if n.startswith("dlq.")]
     assert names.count(H_REDRIVE_TOPIC) == names.count(H_REDRIVE_ID) == 1
-    kept = [h for h in original if not h[0].startswith(("dlq.", "redrive."))]
+    kept = [h for h in original if not h[0].startswith("redrive.")]
     assert headers[: len(kept)] == kept
+    assert not [n for n in names[len(kept) :] if n.startswith("dlq.")]
     assert dict(headers)[H_REDRIVE_DEAD_LETTER] == b"snds.dead-letter/0/7"
     assert dict(headers)[H_REDRIVE_PARTITION] == str(partition).encode()
     assert dict(headers)[H_REDRIVE_OFFSET] == str(offset).encode()
