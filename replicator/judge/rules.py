@@ -352,8 +352,8 @@ def _text_violation(path: str, value: str | bytes, where: str) -> Violation | No
 
 def find_identifier_in_message(key: bytes | None, headers: Headers | None) -> Violation | None:
     """The first NIR of a Kafka message's key or headers (each header's name, then its
-    value), as a Violation; None if there is none. The key is stored with every record;
-    headers are not stored today but are scanned all the same. The violation names the
+    value), as a Violation; None if there is none. The key and the headers are stored with
+    every record (object format 3), so both are scanned. The violation names the
     place by position only (``<key>``, ``<header 2>``, ``<header 2 name>``: angle brackets,
     so that it cannot be a record field's name), never a header's name nor the number."""
     if key is not None:

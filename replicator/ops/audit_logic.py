@@ -426,12 +426,14 @@ class ObjectEntry:
     first_time_ms: int | None
     last_time_ms: int | None
     error: str | None = None
+    format: str | None = None  # `replicator.format`: "3" keeps record headers, "2" none
 
     def to_json(self) -> dict[str, Any]:
         return {
             "type": "object",
             "store": self.store,
             "key": self.key,
+            "format": self.format,
             "first_offset": self.first,
             "last_offset": self.last,
             "records": self.records,
@@ -681,10 +683,12 @@ def audit_partition(
             entry.records = proven[2].records
             entry.first_time_ms = proven[2].first_time_ms
             entry.last_time_ms = proven[2].last_time_ms
+            entry.format = proven[2].format
             return
         contents: ContainerContents | None = None
         try:
             contents = read_container(data)
+            entry.format = contents.format
         except ValueError as exc:
             entry.error = str(exc)
         if contents is not None and ref.first >= low:
