@@ -9,7 +9,9 @@ store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
   `committed()` by a consumer that never subscribes and never commits);
 - the timestamp of the oldest record not yet in each store: the first record at or after the
   store's committed offset, read by a consumer assigned there (one read per new position:
-  a position that does not move costs nothing).
+  a position that does not move costs nothing; a partition whose positions move at every
+  check is read again every `OLDEST_REFRESH_INTERVALS` checks, and at once when the store
+  reaches the end).
 
 and exports, for every configured store (down or not) and every partition:
 
@@ -54,6 +56,27 @@ log = logging.getLogger("replicator.lag")
 
 # A record's timestamp type when the producer set none (librdkafka's TIMESTAMP_NOT_AVAILABLE).
 _NO_TIMESTAMP = 0
+
+# The reader of oldest records wants one record per partition, not a prefetch. By default
+# librdkafka keeps fetching an assigned partition until 100,000 records or the queue's
+# kilobytes are waiting, and asks for up to max.partition.fetch.bytes at a time: each check
+# of a store that moves (every check, while it catches up) made the broker read and send a
+# megabyte or more per partition for one timestamp. With these, a partition is fetched once
+# (queued.min.messages: one record waiting is enough) and the broker sends the first record
+# batch at the position and no more (a batch larger than max.partition.fetch.bytes is still
+# returned whole, so the first record always arrives).
+# A partition whose store positions move at every check (a store catching up) has its oldest
+# record read again every this many checks, not at each: each read is a fetch at a position
+# the broker must look up (on the local broker about 15 ms of its CPU per partition, a
+# check of 12 partitions and two stores at different positions 0.2 to 0.4 s). In between,
+# lag in seconds keeps the age of the record read last, which the store has since passed.
+OLDEST_REFRESH_INTERVALS = 6
+OLDEST_READER_FETCH: dict[str, int] = {
+    "fetch.wait.max.ms": 100,
+    "max.partition.fetch.bytes": 1024,
+    "queued.min.messages": 1,
+    "queued.max.messages.kbytes": 64,
+}
 
 
 class _Stopped(Exception):
@@ -104,6 +127,7 @@ class LagMonitor:
         # (tp, offset) -> Unix time of the first record at or after that offset
         self._oldest: dict[tuple[TP, int], float] = {}
         self._first_seen: dict[tuple[TP, int], float] = {}
+        self._read_at: dict[TP, float] = {}  # monotonic time of each partition's last read
         self._exported: set[TP] = set()
         self._failing = False
         self.last: LagSnapshot | None = None
@@ -207,7 +231,11 @@ class LagMonitor:
             for per_store in positions.values()
             for tp, pos in per_store.items()
         }
-        empty = self._read_oldest(reader, wanted - set(self._oldest), self._clock())
+        read_at = time.monotonic()
+        due = self._reads_due(positions, watermarks, wanted - set(self._oldest), read_at)
+        empty = self._read_oldest(reader, due, self._clock())
+        for tp, _offset in due:
+            self._read_at[tp] = read_at
         self._forget_except(wanted)
 
         snapshot = LagSnapshot(at=self._clock())
@@ -252,9 +280,7 @@ class LagMonitor:
                     "enable.auto.offset.store": False,
                     "enable.partition.eof": True,  # "no record there" answers at once
                     "auto.offset.reset": "error",  # out of range: no record, not a re-read
-                    "fetch.wait.max.ms": 100,
-                    "max.partition.fetch.bytes": 65536,
-                    "queued.max.messages.kbytes": 1024,
+                    **OLDEST_READER_FETCH,
                     "client.id": "replicator-lag-monitor",
                 }
             )
@@ -285,6 +311,39 @@ class LagMonitor:
             )
             self._progress[store] = progress
         return progress.committed(tps, timeout=self._timeout)
+
+    def _reads_due(
+        self,
+        positions: dict[str, dict[TP, int]],
+        watermarks: dict[TP, tuple[int, int]],
+        unknown: set[tuple[TP, int]],
+        now: float,
+    ) -> set[tuple[TP, int]]:
+        """The positions whose oldest record is read in this check, among those not known.
+
+        A position is read when the store is at the end (by the high watermark: the answer
+        then says whether it holds everything, and lag in seconds returns to 0 at once), when
+        nothing is known of the store's age there, or when its partition was last read
+        `OLDEST_REFRESH_INTERVALS` checks ago or more. Otherwise the age of the record last
+        read there is kept: it is that of a record the store has since passed, so lag in
+        seconds errs high (when timestamps grow with offsets, as they do with CreateTime),
+        by at most that long, until the next read."""
+        refresh_s = self.settings.lag_interval_s * OLDEST_REFRESH_INTERVALS
+        due: set[tuple[TP, int]] = set()
+        for store, per_store in positions.items():
+            for tp, pos in per_store.items():
+                key = (tp, max(pos, watermarks[tp][0]))
+                if key not in unknown:
+                    continue
+                read_at = self._read_at.get(tp)
+                if (
+                    watermarks[tp][1] - pos <= 0
+                    or self._previous_oldest(store, tp) is None
+                    or read_at is None
+                    or now - read_at >= refresh_s
+                ):
+                    due.add(key)
+        return due
 
     def _previous_oldest(self, store: str, tp: TP) -> float | None:
         previous = self.last.stores.get(store, {}).get(tp) if self.last is not None else None
