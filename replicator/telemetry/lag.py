@@ -4,7 +4,8 @@ The service loop knows where it stands in memory; an SRE needs to know what is *
 store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
 
 - the partitions of every replicated topic (metadata);
-- the high watermark of each partition (`get_watermark_offsets(cached=False)`);
+- the high watermark of each partition (one ListOffsets request per broker), and its low
+  watermark every few checks (it moves only with retention);
 - each store's committed offsets (its progress group `<group_id>.<store>`, read with
   `committed()` by a consumer that never subscribes and never commits);
 - the timestamp of the oldest record not yet in each store: the first record at or after the
@@ -45,6 +46,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
+from confluent_kafka.admin import AdminClient
+
+# (its defining module: the package does not re-export it for type checkers)
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from replicator.config import Settings
 from replicator.kafka.progress import ProgressLog
@@ -53,6 +58,9 @@ from replicator.model import TP
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.lag")
+
+LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 
 # A record's timestamp type when the producer set none (librdkafka's TIMESTAMP_NOT_AVAILABLE).
 _NO_TIMESTAMP = 0
@@ -128,6 +136,10 @@ class LagMonitor:
         self._oldest: dict[tuple[TP, int], float] = {}
         self._first_seen: dict[tuple[TP, int], float] = {}
         self._read_at: dict[TP, float] = {}  # monotonic time of each partition's last read
+        self._admin: AdminClient | None = None
+        self._lows: dict[TP, int] = {}  # low watermarks, read every few checks
+        self._lows_read_at: float | None = None
+        self._lows_due: set[TP] = set()  # a read found the position out of range
         self._exported: set[TP] = set()
         self._failing = False
         self.last: LagSnapshot | None = None
@@ -165,6 +177,7 @@ class LagMonitor:
                 log.debug("lag_consumer_close_failed", exc_info=True)
         self._progress.clear()
         self._reader = None
+        self._admin = None  # the client has no close: dropping it ends its threads
 
     def _run(self) -> None:
         log.info(
@@ -210,13 +223,7 @@ class LagMonitor:
         s = self.settings
         reader = self._reader_consumer()
         tps = self._partitions(reader)
-        watermarks: dict[TP, tuple[int, int]] = {}
-        for tp in tps:
-            self._check_stop()
-            low, high = reader.get_watermark_offsets(
-                KafkaTP(*tp), timeout=self._timeout, cached=False
-            )
-            watermarks[tp] = (max(low, 0), max(high, 0))
+        watermarks = self._watermarks(tps)
         positions: dict[str, dict[TP, int]] = {}
         for name in s.stores:
             self._check_stop()
@@ -285,6 +292,44 @@ class LagMonitor:
                 }
             )
         return self._reader
+
+    def _watermarks(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        """(low, high) watermark per partition: the high ones at every check, the low ones
+        (which move only with retention) every `OLDEST_REFRESH_INTERVALS` checks, for a new
+        partition, and after a read found its position out of range. Each is one ListOffsets
+        request per broker for all partitions, not two per partition."""
+        now = time.monotonic()
+        refresh = (
+            self._lows_read_at is None
+            or now - self._lows_read_at >= self.settings.lag_interval_s * OLDEST_REFRESH_INTERVALS
+        )
+        lows_wanted = self._lows_wanted(tps, refresh)
+        highs = self._list_offsets(tps, LATEST)
+        if lows_wanted:
+            self._lows.update(self._list_offsets(lows_wanted, EARLIEST))
+            self._lows_due.difference_update(lows_wanted)
+        if refresh:
+            self._lows_read_at = now
+        return {tp: (max(self._lows[tp], 0), max(highs[tp], 0)) for tp in tps}
+
+    def _lows_wanted(self, tps: list[TP], refresh: bool) -> list[TP]:
+        if refresh:
+            return list(tps)
+        return [tp for tp in tps if tp not in self._lows or tp in self._lows_due]
+
+    def _list_offsets(self, tps: list[TP], spec: OffsetSpec) -> dict[TP, int]:
+        self._check_stop()
+        if self._admin is None:
+            self._admin = AdminClient(
+                {**self.settings.kafka_common(), "client.id": "replicator-lag-monitor"}
+            )
+        futures = self._admin.list_offsets(
+            {KafkaTP(*tp): spec for tp in tps}, request_timeout=self._timeout
+        )
+        out: dict[TP, int] = {}
+        for ktp, future in futures.items():
+            out[(ktp.topic, ktp.partition)] = future.result().offset
+        return out
 
     def _partitions(self, reader: Consumer) -> list[TP]:
         metadata = reader.list_topics(timeout=self._timeout)
@@ -392,8 +437,11 @@ class LagMonitor:
                 KafkaError._AUTO_OFFSET_RESET,
                 KafkaError.OFFSET_OUT_OF_RANGE,
             ):
-                # nothing at or after that offset: the store holds every record
+                # nothing at or after that offset: the store holds every record (or
+                # retention passed it: the low watermark is read again at the next check)
                 empty.add((tp, offset))
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._lows_due.add(tp)
                 del pending[tp]
             return
         got = msg.offset()

@@ -95,3 +95,28 @@ def test_the_reader_waits_for_one_record_per_partition_not_a_prefetch() -> None:
     # librdkafka's defaults keep fetching until 100,000 records or 64 MiB wait per queue
     assert OLDEST_READER_FETCH["queued.min.messages"] == 1
     assert OLDEST_READER_FETCH["max.partition.fetch.bytes"] <= 1024
+
+
+TP1, TP2 = ("t", 1), ("t", 2)
+
+
+@pytest.mark.parametrize(
+    ("known", "due", "refresh", "wanted"),
+    [
+        pytest.param({}, set(), False, [TP0, TP1, TP2], id="first check: every partition"),
+        pytest.param({TP0: 0, TP1: 0, TP2: 0}, set(), False, [], id="known: none"),
+        pytest.param({TP0: 0, TP1: 0}, set(), False, [TP2], id="a new partition"),
+        pytest.param({TP0: 0, TP1: 0, TP2: 0}, {TP1}, False, [TP1], id="out of range: again"),
+        pytest.param({TP0: 0, TP1: 0, TP2: 0}, set(), True, [TP0, TP1, TP2], id="refresh: all"),
+    ],
+)
+def test_low_watermarks_are_read_when_new_stale_or_passed_by_retention(
+    known: dict[tuple[str, int], int],
+    due: set[tuple[str, int]],
+    refresh: bool,
+    wanted: list[tuple[str, int]],
+) -> None:
+    m = monitor(None, None, 0.0)
+    m._lows.update(known)
+    m._lows_due.update(due)
+    assert m._lows_wanted([TP0, TP1, TP2], refresh) == wanted
