@@ -629,10 +629,7 @@ def main() -> None:
         )
     )
     changed: dict[str, tuple[object, str]] = {
-        f"{name} (catch-up row only)": (
-            value,
-            "the stopped store is seen down and back within a second",
-        )
+        name: (value, "catch-up row only: the stopped store is seen down and back within a second")
         for name, value in CATCHUP_SETTINGS.items()
     }
     print_changed_settings(changed)
