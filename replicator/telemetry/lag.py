@@ -65,6 +65,13 @@ EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 # A record's timestamp type when the producer set none (librdkafka's TIMESTAMP_NOT_AVAILABLE).
 _NO_TIMESTAMP = 0
 
+# A partition whose store positions move at every check (a store catching up) has its oldest
+# record read again every this many checks, not at each: each read is a fetch at a position
+# the broker must look up (on the local broker about 15 ms of its CPU per partition, a
+# check of 12 partitions and two stores at different positions 0.2 to 0.4 s). In between,
+# lag in seconds keeps the age of the record read last, which the store has since passed.
+OLDEST_REFRESH_INTERVALS = 6
+
 # The reader of oldest records wants one record per partition, not a prefetch. By default
 # librdkafka keeps fetching an assigned partition until 100,000 records or the queue's
 # kilobytes are waiting, and asks for up to max.partition.fetch.bytes at a time: each check
@@ -73,12 +80,6 @@ _NO_TIMESTAMP = 0
 # (queued.min.messages: one record waiting is enough) and the broker sends the first record
 # batch at the position and no more (a batch larger than max.partition.fetch.bytes is still
 # returned whole, so the first record always arrives).
-# A partition whose store positions move at every check (a store catching up) has its oldest
-# record read again every this many checks, not at each: each read is a fetch at a position
-# the broker must look up (on the local broker about 15 ms of its CPU per partition, a
-# check of 12 partitions and two stores at different positions 0.2 to 0.4 s). In between,
-# lag in seconds keeps the age of the record read last, which the store has since passed.
-OLDEST_REFRESH_INTERVALS = 6
 OLDEST_READER_FETCH: dict[str, int] = {
     "fetch.wait.max.ms": 100,
     "max.partition.fetch.bytes": 1024,
