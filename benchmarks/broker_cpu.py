@@ -1,6 +1,7 @@
 """Broker CPU per consumed record: the service against a bare consumer on the same topics.
 
     .venv/bin/python benchmarks/broker_cpu.py [--seconds 30] [--backlog 300000]
+        [--baseline-src DIR]
 
 A production Kafka is shared: what the service costs the broker matters as much as its own
 CPU. Starts a private local stack and reads the broker process's CPU time (the local
@@ -9,20 +10,24 @@ broker, Tansu, is one process) over each phase:
 - at 50 and at 2,000 records/s: a producer alone for `--seconds` (the baseline), then the
   producer with a bare confluent-kafka consumer (librdkafka's defaults, one group), then the
   producer with `replicator run` (the service's defaults: its live consumer, its progress
-  commits, the lag monitor's reads, the dead-letter producer all count);
+  commits, the lag monitor's reads, the dead-letter producer all count), whose stores'
+  progress starts at the end of the topics, as for a service already running;
 - at full speed: a backlog of `--backlog` records read to its end by a bare consumer, then
-  replicated by the service (a new group).
+  replicated by the service (a new group), from its start until both stores hold it all.
+
+With `--baseline-src DIR` (another checkout of the project, e.g. `git worktree add DIR
+<commit>`), the service of that checkout runs too, on the same stack right after this one's:
+the before/after of a change in one run. Everything is printed as ratios within the run
+(these machines are shared and noisy).
 
 Printed: broker CPU microseconds per consumed record for each (the producer's baseline
-subtracted at the paced rates) and the service's ratio to the bare consumer.
+subtracted at the paced rates) and each service's ratio to the bare consumer.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,16 +35,22 @@ from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer
-from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchstack import BenchStack, bench_stack, print_changed_settings
+
 from replicator.config import Settings
 from replicator.devtools.produce import produce
-from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
+from replicator.devtools.stack import DEMO_TOPICS
+from replicator.kafka.progress import ProgressLog
 from replicator.model import TP
 from replicator.schemas import SchemaRegistry
 from tests.support.service import Service, wait_committed
+
+# The benchmark looks at the stores' committed offsets (its own requests to the broker,
+# counted against the service) once a second: the full-speed time is known to a second.
+POLL_S = 1.0
 
 
 def broker_cpu(proc: psutil.Process) -> float:
@@ -67,6 +78,22 @@ def bare_consumer(
     consumer.close()
 
 
+def service_settings(settings: Settings, group: str) -> Settings:
+    return settings.model_copy(
+        update={"group_id": group, "s3_prefix": group, "azure_prefix": group}
+    )
+
+
+def start_at_end(settings: Settings, ends: dict[TP, int]) -> None:
+    """Commit every store's progress at `ends`: the service starts there, as one running."""
+    for store in settings.stores:
+        progress = ProgressLog(settings.kafka_common(), settings.progress_group(store))
+        try:
+            progress.commit(ends)
+        finally:
+            progress.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,150 +101,171 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--backlog", type=int, default=300_000)
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 2000.0])
-    args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="replicator-brokercpu-"))
-    stack = LocalStack(
-        root=root,
-        ports=StackPorts.free(),
-        topics=list(DEMO_TOPICS),
-        dead_letter_topic="snds.dead-letter",
-        bucket="cpu-s3",
-        container="cpu-azure",
-        partitions=6,
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout whose service runs too (printed as 'before')",
     )
-    stack.up()
+    args = parser.parse_args()
+    variants: list[tuple[str, Path | None]] = [("service", None)]
+    if args.baseline_src is not None:
+        variants.insert(0, ("before", args.baseline_src.resolve()))
+
     lines: list[str] = []
-    try:
-        env = stack.env()
-        settings = Settings(
-            kafka_bootstrap=env["kafka_bootstrap"],
-            topics=list(DEMO_TOPICS),
-            dead_letter_topic="snds.dead-letter",
-            s3_endpoint=env["s3_endpoint"],
-            s3_bucket="cpu-s3",
-            s3_access_key=SecretStr(env["s3_access_key"]),
-            s3_secret_key=SecretStr(env["s3_secret_key"]),
-            azure_connection_string=SecretStr(env["azure_connection_string"]),
-            azure_container="cpu-azure",
-            metrics_port=0,
-            log_level="INFO",
-        )
-        pid = stack.pid("kafka")
-        assert pid is not None
-        broker = psutil.Process(pid)
-        registry = SchemaRegistry.load(settings.schemas_dir)
-        conf = settings.kafka_common()
-        groups = [settings.progress_group(s) for s in settings.stores]
-
-        def paced(rate: float, during: Callable[[], Callable[[], int]] | None) -> tuple[float, int]:
-            """Broker CPU seconds over `--seconds` of producing at `rate`, with `during`
-            started first (it returns a function giving the records it consumed)."""
-            done = during() if during is not None else (lambda: 0)
-            time.sleep(2.0)  # joined and idle before the window
-            before = broker_cpu(broker)
-            produce(conf, list(DEMO_TOPICS), int(rate * args.seconds), rate, 3, 0.0, None, registry)
-            time.sleep(1.0)
-            return broker_cpu(broker) - before, done()
-
-        for rate in args.rates:
-            base_cpu, _ = paced(rate, None)
-            stop = threading.Event()
-            counted = [0]
-
-            def start_bare(
-                r: float = rate, stop: threading.Event = stop, counted: list[int] = counted
-            ) -> Callable[[], int]:
-                thread = threading.Thread(
-                    target=bare_consumer, args=(settings, f"paced-{r}", stop, counted)
-                )
-                thread.start()
-                time.sleep(settings.session_timeout_ms / 1000)  # the join
-                return lambda: counted[0]
-
-            bare_cpu, bare_n = paced(rate, start_bare)
-            stop.set()
-            service_box: list[Service] = []
-
-            def start_service(
-                r: float = rate, service_box: list[Service] = service_box
-            ) -> Callable[[], int]:
-                svc = Service(
-                    settings.model_copy(
-                        update={
-                            "group_id": f"svc-{r:g}",
-                            "s3_prefix": f"r{r:g}",
-                            "azure_prefix": f"r{r:g}",
-                        }
-                    ),
-                    root,
-                    name=f"svc-{r:g}",
-                ).start()
-                service_box.append(svc)
-                while '"partition_assigned"' not in svc.log_text():
-                    time.sleep(0.1)
-                return lambda: int(r * args.seconds)
-
-            svc_cpu, svc_n = paced(rate, start_service)
-            service_box[0].stop()
-            bare_us = (bare_cpu - base_cpu) / max(bare_n, 1) * 1e6
-            svc_us = (svc_cpu - base_cpu) / max(svc_n, 1) * 1e6
-            lines.append(
-                f"{rate:>10,.0f} {bare_us:10.1f} {svc_us:10.1f} {svc_us / bare_us if bare_us > 0 else float('nan'):7.2f}"
-                f"   (producer alone {base_cpu / args.seconds * 100:.0f} % of a core; "
-                f"bare {bare_cpu / args.seconds * 100:.0f} %, service {svc_cpu / args.seconds * 100:.0f} %)"
-            )
-            print(lines[-1], flush=True)
-
-        # Full speed: a backlog read to its end.
-        report = produce(conf, list(DEMO_TOPICS), args.backlog, None, 5, 0.0, None, registry)
-        ends: dict[TP, int] = {}
-        for tp, end in report.end_offsets.items():
-            ends[tp] = end
-        total = sum(ends.values())
-        stop = threading.Event()
-        counted = [0]
-        before = broker_cpu(broker)
-        thread = threading.Thread(target=bare_consumer, args=(settings, "full-bare", stop, counted))
-        thread.start()
-        while counted[0] < total:
-            time.sleep(0.05)
-        bare_cpu = broker_cpu(broker) - before
-        stop.set()
-        thread.join()
-        svc = Service(
-            settings.model_copy(
-                update={"group_id": "full-svc", "s3_prefix": "full", "azure_prefix": "full"}
-            ),
-            root,
-            name="full",
-        ).start()
-        before = broker_cpu(broker)
-        wait_committed(
-            settings.kafka_bootstrap,
-            [g.replace(settings.group_id, "full-svc", 1) for g in groups],
-            ends,
-            600,
-            [svc],
-        )
-        svc_cpu = broker_cpu(broker) - before
-        svc.stop()
-        bare_us = bare_cpu / total * 1e6
-        svc_us = svc_cpu / total * 1e6
-        lines.append(
-            f"{'full':>10} {bare_us:10.1f} {svc_us:10.1f} {svc_us / bare_us:7.2f}   ({total:,} records)"
-        )
-        print(lines[-1], flush=True)
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
+    with bench_stack("cpu") as bench:
+        lines = measure(bench, args.seconds, args.backlog, args.rates, variants)
     print()
     print(
         "broker (Tansu) CPU microseconds per consumed record; the producer's own share subtracted"
     )
-    print(f"{'rate/s':>10} {'bare':>10} {'service':>10} {'x bare':>7}")
+    names = [name for name, _ in variants]
+    print(
+        f"{'rate/s':>10} {'bare':>10} "
+        + " ".join(f"{n:>10}" for n in names)
+        + " "
+        + " ".join(f"{'x bare (' + n + ')':>18}" for n in names)
+    )
     for line in lines:
         print(line)
+    print_changed_settings()
+    print(
+        f"the benchmark reads the stores' committed offsets every {POLL_S:g} s until they hold "
+        "the backlog (two requests counted against the service)"
+    )
+
+
+def measure(
+    bench: BenchStack,
+    seconds: float,
+    backlog: int,
+    rates: list[float],
+    variants: list[tuple[str, Path | None]],
+) -> list[str]:
+    settings = bench.settings
+    pid = bench.stack.pid("kafka")
+    assert pid is not None
+    broker = psutil.Process(pid)
+    registry = SchemaRegistry.load(settings.schemas_dir)
+    conf = settings.kafka_common()
+    ends: dict[TP, int] = {}  # the real end of each partition (the producer's acknowledgements)
+    lines: list[str] = []
+
+    def produced(report_ends: dict[TP, int]) -> None:
+        for tp, end in report_ends.items():
+            ends[tp] = max(ends.get(tp, 0), end)
+
+    def paced(rate: float, during: Callable[[], Callable[[], int]] | None) -> tuple[float, int]:
+        """Broker CPU seconds over `seconds` of producing at `rate`, with `during` started
+        first (it returns a function giving the records it consumed)."""
+        done = during() if during is not None else (lambda: 0)
+        time.sleep(2.0)  # joined and idle before the window
+        before = broker_cpu(broker)
+        report = produce(conf, list(DEMO_TOPICS), int(rate * seconds), rate, 3, 0.0, None, registry)
+        produced(report.end_offsets)
+        time.sleep(1.0)
+        return broker_cpu(broker) - before, done()
+
+    def row(label: str, bare_us: float, svc_us: list[float], note: str) -> str:
+        ratios = [us / bare_us if bare_us > 0 else float("nan") for us in svc_us]
+        return (
+            f"{label:>10} {bare_us:10.1f} "
+            + " ".join(f"{us:10.1f}" for us in svc_us)
+            + " "
+            + " ".join(f"{r:18.2f}" for r in ratios)
+            + f"   ({note})"
+        )
+
+    for rate in rates:
+        base_cpu, _ = paced(rate, None)
+        stop = threading.Event()
+        counted = [0]
+
+        def start_bare(
+            r: float = rate, stop: threading.Event = stop, counted: list[int] = counted
+        ) -> Callable[[], int]:
+            thread = threading.Thread(
+                target=bare_consumer, args=(settings, f"paced-{r}", stop, counted)
+            )
+            thread.start()
+            time.sleep(settings.session_timeout_ms / 1000)  # the join
+            return lambda: counted[0]
+
+        bare_cpu, bare_n = paced(rate, start_bare)
+        stop.set()
+        bare_us = (bare_cpu - base_cpu) / max(bare_n, 1) * 1e6
+        svc_us: list[float] = []
+        shares: list[str] = []
+        for name, source in variants:
+            group = f"{name}-{rate:g}"
+            svc_settings = service_settings(settings, group)
+            start_at_end(svc_settings, ends)
+            box: list[Service] = []
+
+            def start_service(
+                r: float = rate,
+                s: Settings = svc_settings,
+                src: Path | None = source,
+                box: list[Service] = box,
+            ) -> Callable[[], int]:
+                svc = Service(s, bench.root, name=s.group_id, source=src).start()
+                box.append(svc)
+                while '"partition_assigned"' not in svc.log_text():
+                    time.sleep(0.1)
+                return lambda: int(r * seconds)
+
+            svc_cpu, svc_n = paced(rate, start_service)
+            box[0].stop()
+            svc_us.append((svc_cpu - base_cpu) / max(svc_n, 1) * 1e6)
+            shares.append(f"{name} {svc_cpu / seconds * 100:.0f} %")
+        lines.append(
+            row(
+                f"{rate:,.0f}",
+                bare_us,
+                svc_us,
+                f"broker's share of a core: producer alone {base_cpu / seconds * 100:.0f} %, "
+                f"bare {bare_cpu / seconds * 100:.0f} %, " + ", ".join(shares),
+            )
+        )
+        print(lines[-1], flush=True)
+
+    # Full speed: a backlog read to its end.
+    report = produce(conf, list(DEMO_TOPICS), backlog, None, 5, 0.0, None, registry)
+    produced(report.end_offsets)
+    total = sum(ends.values())
+    stop = threading.Event()
+    counted = [0]
+    before = broker_cpu(broker)
+    thread = threading.Thread(target=bare_consumer, args=(settings, "full-bare", stop, counted))
+    thread.start()
+    while counted[0] < total:
+        time.sleep(0.05)
+    bare_cpu = broker_cpu(broker) - before
+    stop.set()
+    thread.join()
+    svc_us = []
+    times: list[str] = []
+    for name, source in variants:
+        svc_settings = service_settings(settings, f"full-{name}")
+        svc = Service(svc_settings, bench.root, name=f"full-{name}", source=source).start()
+        started = time.monotonic()
+        before = broker_cpu(broker)
+        wait_committed(
+            settings.kafka_bootstrap,
+            [svc_settings.progress_group(s) for s in svc_settings.stores],
+            ends,
+            600,
+            [svc],
+            poll_s=POLL_S,
+        )
+        svc_us.append((broker_cpu(broker) - before) / total * 1e6)
+        times.append(f"{name} {time.monotonic() - started:.1f} s")
+        svc.stop()
+    lines.append(
+        row("full", bare_cpu / total * 1e6, svc_us, f"{total:,} records; " + ", ".join(times))
+    )
+    print(lines[-1], flush=True)
+    return lines
 
 
 if __name__ == "__main__":

@@ -14,23 +14,22 @@ per minute per store (with the objects a day per store at that pace).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from azure.storage.blob import ContainerClient
 from confluent_kafka import Consumer, TopicPartition
-from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchstack import bench_stack, print_changed_settings
+
 from replicator.config import Settings
 from replicator.devtools.produce import ProduceReport, produce
-from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
+from replicator.devtools.stack import DEMO_TOPICS, LocalStack
 from replicator.keys import parse_key
 from replicator.model import TP
 from replicator.schemas import SchemaRegistry
@@ -43,7 +42,7 @@ def list_keys(stack: LocalStack, azure: ContainerClient, prefix: str) -> tuple[s
     s3 = {
         o["Key"]
         for page in stack.s3.get_paginator("list_objects_v2").paginate(
-            Bucket="fresh-s3", Prefix=prefix
+            Bucket=stack.bucket, Prefix=prefix
         )
         for o in page.get("Contents", [])
     }
@@ -88,43 +87,19 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="replicator-fresh-"))
-    stack = LocalStack(
-        root=root,
-        ports=StackPorts.free(),
-        topics=list(DEMO_TOPICS),
-        dead_letter_topic="snds.dead-letter",
-        bucket="fresh-s3",
-        container="fresh-azure",
-        partitions=args.partitions,
-    )
-    stack.up()
     results: list[str] = []
-    try:
-        env = stack.env()
-        settings = Settings(
-            kafka_bootstrap=env["kafka_bootstrap"],
-            topics=list(DEMO_TOPICS),
-            dead_letter_topic="snds.dead-letter",
-            s3_endpoint=env["s3_endpoint"],
-            s3_bucket="fresh-s3",
-            s3_access_key=SecretStr(env["s3_access_key"]),
-            s3_secret_key=SecretStr(env["s3_secret_key"]),
-            azure_connection_string=SecretStr(env["azure_connection_string"]),
-            azure_container="fresh-azure",
-            metrics_port=0,
-            log_level="INFO",
-            group_id="fresh",
-        )
+    with bench_stack("fresh", args.partitions) as bench:
+        stack = bench.stack
+        settings = bench.settings.model_copy(update={"group_id": "fresh"})
         azure = ContainerClient.from_connection_string(
-            env["azure_connection_string"], "fresh-azure"
+            stack.env()["azure_connection_string"], bench.container
         )
         registry = SchemaRegistry.load(settings.schemas_dir)
         # one record so that the topics exist and the service's partitions are assigned
         first = produce(
             settings.kafka_common(), list(DEMO_TOPICS), 12, None, 1, 0.0, None, registry
         )
-        service = Service(settings, root, name="fresh").start()
+        service = Service(settings, bench.root, name="fresh").start()
         ends: dict[TP, int] = dict(first.end_offsets)
         wait_committed(
             settings.kafka_bootstrap,
@@ -198,9 +173,6 @@ def main() -> None:
             )
             print(results[-1], flush=True)
         service.stop()
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
     print()
     print(
         f"service defaults; {args.partitions} partitions x {len(DEMO_TOPICS)} topics; "
@@ -212,6 +184,7 @@ def main() -> None:
     )
     for line in results:
         print(line)
+    print_changed_settings()
     print(
         "obj/min: new objects per store per minute; obj/day: a day at that pace (below the "
         "size limits, objects follow the flush interval, not the rate: 50/s stands for 40/s)"

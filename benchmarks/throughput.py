@@ -34,11 +34,9 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -47,13 +45,15 @@ from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from pydantic import SecretStr, create_model
+from pydantic import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchstack import bench_stack, print_changed_settings
+
 from replicator.config import Settings
 from replicator.devtools.produce import ProduceReport, produce
-from replicator.devtools.stack import DEMO_TOPICS, LocalStack, StackPorts
+from replicator.devtools.stack import DEMO_TOPICS, LocalStack
 from replicator.model import TP
 from replicator.schemas import SchemaRegistry
 from tests.support.service import Progress, Service, settings_env
@@ -70,12 +70,6 @@ class Row:
     cpu_s: float | None = None  # CPU seconds of the service and its decode workers
 
 
-# Settings every run changes, and why (printed under the table). Nothing that shapes the
-# cuts, the consumer or the stores: those run at the service's defaults.
-BENCH_SETTINGS: dict[str, tuple[object, str]] = {
-    "metrics_port": (0, "a free port: runs and replicas do not clash"),
-    "log_level": ("INFO", "the log tells when the partitions were assigned (the group join)"),
-}
 # The catch-up row also changes these, so that the stopped store is seen down and back
 # within a second instead of the defaults' 30 s of retries and 5 s between probes.
 CATCHUP_SETTINGS: dict[str, object] = {"health_interval_s": 1.0, "write_retry_s": 1.0}
@@ -392,36 +386,11 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = parse_overrides(parser, args.set)
-    root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
-    stack = LocalStack(
-        root=root,
-        ports=StackPorts.free(),
-        topics=list(DEMO_TOPICS),
-        dead_letter_topic="snds.dead-letter",
-        bucket="bench-s3",
-        container="bench-azure",
-        partitions=args.partitions,
-    )
-    print(f"starting a private stack in {root}", flush=True)
-    stack.up()
     rows: list[Row] = []
-    finished = False
-    try:
-        env = stack.env()
-        base = Settings(
-            kafka_bootstrap=env["kafka_bootstrap"],
-            topics=list(DEMO_TOPICS),
-            dead_letter_topic="snds.dead-letter",
-            s3_endpoint=env["s3_endpoint"],
-            s3_bucket="bench-s3",
-            s3_access_key=SecretStr(env["s3_access_key"]),
-            s3_secret_key=SecretStr(env["s3_secret_key"]),
-            azure_connection_string=SecretStr(env["azure_connection_string"]),
-            azure_container="bench-azure",
-        )
-        base = base.model_copy(
-            update={name: value for name, (value, _why) in BENCH_SETTINGS.items()}
-        )
+    # The stack's folder holds about 1 GB for a million records: deleted after a good run.
+    with bench_stack("bench", args.partitions, args.keep) as bench:
+        stack, root = bench.stack, bench.root
+        base = bench.settings
         if args.decode_workers is not None:
             base = base.model_copy(update={"decode_workers": args.decode_workers})
         if overrides:
@@ -471,7 +440,7 @@ def main() -> None:
         stored = sum(
             o["Size"]
             for page in stack.s3.get_paginator("list_objects_v2").paginate(
-                Bucket="bench-s3", Prefix="e2e/"
+                Bucket=bench.bucket, Prefix="e2e/"
             )
             for o in page.get("Contents", [])
         )
@@ -618,13 +587,6 @@ def main() -> None:
                     f"day of SNDS ({day_total / 1e6:.0f} M backlog)",
                 )
             )
-        finished = True
-    finally:
-        stack.down()
-        if finished and not args.keep:
-            shutil.rmtree(root, ignore_errors=True)  # about 1 GB for a million records
-        else:
-            print(f"kept {root} (servers' data and the services' logs)", flush=True)
 
     print()
     print(
@@ -666,14 +628,11 @@ def main() -> None:
             + ", ".join(r.name for r in rows if r.peak_rss_mib and r.peak_rss_mib > bound)
         )
     )
-    print("settings changed by the benchmark (everything else: the service's defaults):")
-    for name, (value, why) in BENCH_SETTINGS.items():
-        print(f"  {name}={value}: {why}")
-    for name, value in CATCHUP_SETTINGS.items():
-        print(
-            f"  {name}={value} (catch-up row only): the stopped store is seen down and back "
-            "within a second"
-        )
+    changed: dict[str, tuple[object, str]] = {
+        name: (value, "catch-up row only: the stopped store is seen down and back within a second")
+        for name, value in CATCHUP_SETTINGS.items()
+    }
+    print_changed_settings(changed)
     if args.decode_workers is not None:
         print(f"  decode_workers={args.decode_workers}: --decode-workers")
     for name, value in overrides.items():

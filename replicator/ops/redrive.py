@@ -226,7 +226,7 @@ class _Sender:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 20,
-                "client.id": "replicator-redrive",
+                "client.id": settings.client_id("replicator-redrive"),
             }
         )
         self._tally = tally
@@ -299,7 +299,7 @@ def _consumer(settings: Settings, group: str) -> Consumer:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 20,
             "fetch.queue.backoff.ms": 20,
-            "client.id": "replicator-redrive",
+            "client.id": settings.client_id("replicator-redrive"),
         }
     )
 

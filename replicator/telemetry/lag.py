@@ -4,12 +4,15 @@ The service loop knows where it stands in memory; an SRE needs to know what is *
 store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
 
 - the partitions of every replicated topic (metadata);
-- the high watermark of each partition (`get_watermark_offsets(cached=False)`);
+- the high watermark of each partition (one ListOffsets request per broker), and its low
+  watermark every few checks (it moves only with retention);
 - each store's committed offsets (its progress group `<group_id>.<store>`, read with
   `committed()` by a consumer that never subscribes and never commits);
 - the timestamp of the oldest record not yet in each store: the first record at or after the
   store's committed offset, read by a consumer assigned there (one read per new position:
-  a position that does not move costs nothing).
+  a position that does not move costs nothing; a partition whose positions move at every
+  check is read again every `OLDEST_REFRESH_INTERVALS` checks, and at once when the store
+  reaches the end).
 
 and exports, for every configured store (down or not) and every partition:
 
@@ -43,6 +46,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTP
+from confluent_kafka.admin import AdminClient
+
+# (its defining module: the package does not re-export it for type checkers)
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from replicator.config import Settings
 from replicator.kafka.progress import ProgressLog
@@ -52,8 +59,33 @@ from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.lag")
 
+LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+
 # A record's timestamp type when the producer set none (librdkafka's TIMESTAMP_NOT_AVAILABLE).
 _NO_TIMESTAMP = 0
+
+# A partition whose store positions move at every check (a store catching up) has its oldest
+# record read again every this many checks, not at each: each read is a fetch at a position
+# the broker must look up (on the local broker about 15 ms of its CPU per partition, a
+# check of 12 partitions and two stores at different positions 0.2 to 0.4 s). In between,
+# lag in seconds keeps the age of the record read last, which the store has since passed.
+OLDEST_REFRESH_INTERVALS = 6
+
+# The reader of oldest records wants one record per partition, not a prefetch. By default
+# librdkafka keeps fetching an assigned partition until 100,000 records or the queue's
+# kilobytes are waiting, and asks for up to max.partition.fetch.bytes at a time: each check
+# of a store that moves (every check, while it catches up) made the broker read and send a
+# megabyte or more per partition for one timestamp. With these, a partition is fetched once
+# (queued.min.messages: one record waiting is enough) and the broker sends the first record
+# batch at the position and no more (a batch larger than max.partition.fetch.bytes is still
+# returned whole, so the first record always arrives).
+OLDEST_READER_FETCH: dict[str, int] = {
+    "fetch.wait.max.ms": 100,
+    "max.partition.fetch.bytes": 1024,
+    "queued.min.messages": 1,
+    "queued.max.messages.kbytes": 64,
+}
 
 
 class _Stopped(Exception):
@@ -104,6 +136,11 @@ class LagMonitor:
         # (tp, offset) -> Unix time of the first record at or after that offset
         self._oldest: dict[tuple[TP, int], float] = {}
         self._first_seen: dict[tuple[TP, int], float] = {}
+        self._read_at: dict[TP, float] = {}  # monotonic time of each partition's last read
+        self._admin: AdminClient | None = None
+        self._lows: dict[TP, int] = {}  # low watermarks, read every few checks
+        self._lows_read_at: float | None = None
+        self._lows_due: set[TP] = set()  # a read found the position out of range
         self._exported: set[TP] = set()
         self._failing = False
         self.last: LagSnapshot | None = None
@@ -141,6 +178,7 @@ class LagMonitor:
                 log.debug("lag_consumer_close_failed", exc_info=True)
         self._progress.clear()
         self._reader = None
+        self._admin = None  # the client has no close: dropping it ends its threads
 
     def _run(self) -> None:
         log.info(
@@ -186,13 +224,7 @@ class LagMonitor:
         s = self.settings
         reader = self._reader_consumer()
         tps = self._partitions(reader)
-        watermarks: dict[TP, tuple[int, int]] = {}
-        for tp in tps:
-            self._check_stop()
-            low, high = reader.get_watermark_offsets(
-                KafkaTP(*tp), timeout=self._timeout, cached=False
-            )
-            watermarks[tp] = (max(low, 0), max(high, 0))
+        watermarks = self._watermarks(tps)
         positions: dict[str, dict[TP, int]] = {}
         for name in s.stores:
             self._check_stop()
@@ -207,7 +239,11 @@ class LagMonitor:
             for per_store in positions.values()
             for tp, pos in per_store.items()
         }
-        empty = self._read_oldest(reader, wanted - set(self._oldest), self._clock())
+        read_at = time.monotonic()
+        due = self._reads_due(positions, watermarks, wanted - set(self._oldest), read_at)
+        empty = self._read_oldest(reader, due, self._clock())
+        for tp, _offset in due:
+            self._read_at[tp] = read_at
         self._forget_except(wanted)
 
         snapshot = LagSnapshot(at=self._clock())
@@ -252,13 +288,52 @@ class LagMonitor:
                     "enable.auto.offset.store": False,
                     "enable.partition.eof": True,  # "no record there" answers at once
                     "auto.offset.reset": "error",  # out of range: no record, not a re-read
-                    "fetch.wait.max.ms": 100,
-                    "max.partition.fetch.bytes": 65536,
-                    "queued.max.messages.kbytes": 1024,
+                    **OLDEST_READER_FETCH,
                     "client.id": self.settings.client_id("replicator-lag-monitor"),
                 }
             )
         return self._reader
+
+    def _watermarks(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        """(low, high) watermark per partition: the high ones at every check, the low ones
+        (which move only with retention) every `OLDEST_REFRESH_INTERVALS` checks, for a new
+        partition, and after a read found its position out of range. Each is one ListOffsets
+        request per broker for all partitions, not two per partition."""
+        now = time.monotonic()
+        refresh = (
+            self._lows_read_at is None
+            or now - self._lows_read_at >= self.settings.lag_interval_s * OLDEST_REFRESH_INTERVALS
+        )
+        lows_wanted = self._lows_wanted(tps, refresh)
+        highs = self._list_offsets(tps, LATEST)
+        if lows_wanted:
+            self._lows.update(self._list_offsets(lows_wanted, EARLIEST))
+            self._lows_due.difference_update(lows_wanted)
+        if refresh:
+            self._lows_read_at = now
+        return {tp: (max(self._lows[tp], 0), max(highs[tp], 0)) for tp in tps}
+
+    def _lows_wanted(self, tps: list[TP], refresh: bool) -> list[TP]:
+        if refresh:
+            return list(tps)
+        return [tp for tp in tps if tp not in self._lows or tp in self._lows_due]
+
+    def _list_offsets(self, tps: list[TP], spec: OffsetSpec) -> dict[TP, int]:
+        self._check_stop()
+        if self._admin is None:
+            self._admin = AdminClient(
+                {
+                    **self.settings.kafka_common(),
+                    "client.id": self.settings.client_id("replicator-lag-monitor"),
+                }
+            )
+        futures = self._admin.list_offsets(
+            {KafkaTP(*tp): spec for tp in tps}, request_timeout=self._timeout
+        )
+        out: dict[TP, int] = {}
+        for ktp, future in futures.items():
+            out[(ktp.topic, ktp.partition)] = future.result().offset
+        return out
 
     def _partitions(self, reader: Consumer) -> list[TP]:
         metadata = reader.list_topics(timeout=self._timeout)
@@ -285,6 +360,39 @@ class LagMonitor:
             )
             self._progress[store] = progress
         return progress.committed(tps, timeout=self._timeout)
+
+    def _reads_due(
+        self,
+        positions: dict[str, dict[TP, int]],
+        watermarks: dict[TP, tuple[int, int]],
+        unknown: set[tuple[TP, int]],
+        now: float,
+    ) -> set[tuple[TP, int]]:
+        """The positions whose oldest record is read in this check, among those not known.
+
+        A position is read when the store is at the end (by the high watermark: the answer
+        then says whether it holds everything, and lag in seconds returns to 0 at once), when
+        nothing is known of the store's age there, or when its partition was last read
+        `OLDEST_REFRESH_INTERVALS` checks ago or more. Otherwise the age of the record last
+        read there is kept: it is that of a record the store has since passed, so lag in
+        seconds errs high (when timestamps grow with offsets, as they do with CreateTime),
+        by at most that long, until the next read."""
+        refresh_s = self.settings.lag_interval_s * OLDEST_REFRESH_INTERVALS
+        due: set[tuple[TP, int]] = set()
+        for store, per_store in positions.items():
+            for tp, pos in per_store.items():
+                key = (tp, max(pos, watermarks[tp][0]))
+                if key not in unknown:
+                    continue
+                read_at = self._read_at.get(tp)
+                if (
+                    watermarks[tp][1] - pos <= 0
+                    or self._previous_oldest(store, tp) is None
+                    or read_at is None
+                    or now - read_at >= refresh_s
+                ):
+                    due.add(key)
+        return due
 
     def _previous_oldest(self, store: str, tp: TP) -> float | None:
         previous = self.last.stores.get(store, {}).get(tp) if self.last is not None else None
@@ -333,8 +441,11 @@ class LagMonitor:
                 KafkaError._AUTO_OFFSET_RESET,
                 KafkaError.OFFSET_OUT_OF_RANGE,
             ):
-                # nothing at or after that offset: the store holds every record
+                # nothing at or after that offset: the store holds every record (or
+                # retention passed it: the low watermark is read again at the next check)
                 empty.add((tp, offset))
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._lows_due.add(tp)
                 del pending[tp]
             return
         got = msg.offset()

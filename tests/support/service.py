@@ -41,9 +41,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 class Service:
     def __init__(
-        self, settings: Settings, log_dir: Path, name: str = "replica", **overrides: Any
+        self,
+        settings: Settings,
+        log_dir: Path,
+        name: str = "replica",
+        source: Path | None = None,
+        **overrides: Any,
     ) -> None:
+        """`source`: run the `replicator` package of that checkout (a benchmark's "before")
+        instead of this one: the process starts in that folder, which `-m` puts first."""
         self.settings = settings.model_copy(update=overrides) if overrides else settings
+        self.source = source
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -62,6 +70,7 @@ class Service:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=self.source,
             )
         return self
 
@@ -114,8 +123,10 @@ def wait_committed(
     ends: dict[TP, int],
     timeout: float,
     services: list[Service] | None = None,
+    poll_s: float = 0.3,
 ) -> None:
-    """Wait until every group has committed `ends` for every partition."""
+    """Wait until every group has committed `ends` for every partition (each look: one
+    committed-offsets request per group, every `poll_s`)."""
     readers = [Progress(bootstrap, g) for g in groups]
     deadline = time.monotonic() + timeout
     try:
@@ -142,7 +153,7 @@ def wait_committed(
                 raise AssertionError(
                     f"not caught up after {timeout}s: {sorted(behind.items())[:6]}\n{tails}"
                 )
-            time.sleep(0.3)
+            time.sleep(poll_s)
     finally:
         for r in readers:
             r.close()

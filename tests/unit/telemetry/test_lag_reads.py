@@ -1,0 +1,122 @@
+"""Which oldest-record reads the lag monitor makes in a check (each one is a fetch the broker
+serves at a position it must look up), without servers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from replicator.telemetry.lag import (
+    OLDEST_READER_FETCH,
+    OLDEST_REFRESH_INTERVALS,
+    LagMonitor,
+    LagSnapshot,
+    PartitionLag,
+)
+from replicator.telemetry.metrics import Metrics
+from tests.unit.telemetry.test_observability import settings
+
+TP0 = ("t", 0)
+INTERVAL = 5.0
+REFRESH = INTERVAL * OLDEST_REFRESH_INTERVALS
+
+
+def monitor(previous_oldest: float | None, read_ago: float | None, now: float) -> LagMonitor:
+    m = LagMonitor(settings(stores=["s3"], lag_interval_s=INTERVAL), Metrics(stores=["s3"]))
+    m.last = LagSnapshot(
+        at=0.0,
+        high_watermarks={TP0: 100},
+        stores={"s3": {TP0: PartitionLag(40, 100, 60, oldest_timestamp_s=previous_oldest)}},
+    )
+    if read_ago is not None:
+        m._read_at[TP0] = now - read_ago
+    return m
+
+
+# (position, high watermark, previous age known, last read seconds ago) -> read now?
+CASES = [
+    pytest.param(50, 100, True, 1.0, False, id="behind, age known, read recently: kept"),
+    pytest.param(50, 100, True, REFRESH - 0.1, False, id="just under the refresh: kept"),
+    pytest.param(50, 100, True, REFRESH, True, id="refresh due"),
+    pytest.param(50, 100, True, None, True, id="never read"),
+    pytest.param(50, 100, False, 1.0, True, id="no age known for the store: read"),
+    pytest.param(100, 100, True, 1.0, True, id="at the end by the watermark: read at once"),
+    pytest.param(120, 100, True, 1.0, True, id="past the watermark: read at once"),
+]
+
+
+@pytest.mark.parametrize(("pos", "high", "known", "read_ago", "due"), CASES)
+def test_a_moved_position_is_read_when_needed_and_otherwise_keeps_the_last_age(
+    pos: int, high: int, known: bool, read_ago: float | None, due: bool
+) -> None:
+    now = 1_000.0
+    m = monitor(1.0 if known else None, read_ago, now)
+    got = m._reads_due({"s3": {TP0: pos}}, {TP0: (0, high)}, {(TP0, pos)}, now)
+    assert got == ({(TP0, pos)} if due else set())
+
+
+def test_a_known_position_is_never_read_again() -> None:
+    now = 1_000.0
+    m = monitor(1.0, None, now)
+    assert m._reads_due({"s3": {TP0: 50}}, {TP0: (0, 100)}, set(), now) == set()
+
+
+def test_a_position_below_the_low_watermark_is_read_at_the_low_watermark() -> None:
+    now = 1_000.0
+    m = monitor(None, None, now)
+    got = m._reads_due({"s3": {TP0: 5}}, {TP0: (20, 100)}, {(TP0, 20)}, now)
+    assert got == {(TP0, 20)}
+
+
+@given(st.lists(st.floats(min_value=0.5, max_value=3 * INTERVAL), min_size=1, max_size=60))
+def test_a_store_that_moves_at_every_check_is_read_once_per_refresh(gaps: list[float]) -> None:
+    """Checks at any spacing, the store's position moving at each: the first check reads,
+    reads are at least REFRESH apart, and every check that does not read is within REFRESH
+    of the last read."""
+    now = 0.0
+    m = monitor(1.0, None, now)
+    reads: list[float] = []
+    for i, gap in enumerate(gaps):
+        now += gap
+        key = (TP0, 10 + i)
+        if m._reads_due({"s3": {TP0: 10 + i}}, {TP0: (0, 1_000)}, {key}, now):
+            reads.append(now)
+            m._read_at[TP0] = now
+        else:
+            assert now - reads[-1] < REFRESH
+    assert reads[0] == gaps[0]
+    assert all(b - a >= REFRESH for a, b in itertools.pairwise(reads))
+
+
+def test_the_reader_waits_for_one_record_per_partition_not_a_prefetch() -> None:
+    # librdkafka's defaults keep fetching until 100,000 records or 64 MiB wait per queue
+    assert OLDEST_READER_FETCH["queued.min.messages"] == 1
+    assert OLDEST_READER_FETCH["max.partition.fetch.bytes"] <= 1024
+
+
+TP1, TP2 = ("t", 1), ("t", 2)
+
+
+@pytest.mark.parametrize(
+    ("known", "due", "refresh", "wanted"),
+    [
+        pytest.param({}, set(), False, [TP0, TP1, TP2], id="first check: every partition"),
+        pytest.param({TP0: 0, TP1: 0, TP2: 0}, set(), False, [], id="known: none"),
+        pytest.param({TP0: 0, TP1: 0}, set(), False, [TP2], id="a new partition"),
+        pytest.param({TP0: 0, TP1: 0, TP2: 0}, {TP1}, False, [TP1], id="out of range: again"),
+        pytest.param({TP0: 0, TP1: 0, TP2: 0}, set(), True, [TP0, TP1, TP2], id="refresh: all"),
+    ],
+)
+def test_low_watermarks_are_read_when_new_stale_or_passed_by_retention(
+    known: dict[tuple[str, int], int],
+    due: set[tuple[str, int]],
+    refresh: bool,
+    wanted: list[tuple[str, int]],
+) -> None:
+    m = monitor(None, None, 0.0)
+    m._lows.update(known)
+    m._lows_due.update(due)
+    assert m._lows_wanted([TP0, TP1, TP2], refresh) == wanted
