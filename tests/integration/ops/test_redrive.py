@@ -475,24 +475,22 @@ def test_a_dead_letter_sent_without_its_value_is_reported_never_produced_empty(
         )
     writer.flush(30)
     writer.close()
-    # a dead letter holding the original's own headers beside its dlq.* ones (as the
-    # dead-letter writer keeps them): they go with the re-driven record, the dlq.* do not
-    raw = Producer({**settings.kafka_common(), "linger.ms": 0})
-    raw.produce(
-        settings.dead_letter_topic,
+    # a dead letter holding the original's own headers before its dlq.* ones, as the
+    # dead-letter writer sends them: they go with the re-driven record, the dlq.* do not
+    writer = DeadLetterWriter(settings.kafka_common(), settings.dead_letter_topic, 4000)
+    writer.send(
+        topic=a,
+        partition=0,
+        offset=3,
+        timestamp_ms=1_790_000_000_003,
         key=b"k",
         value=b"\x00\x00\x00\x00\x09" + b"v" * 100,
-        headers=[
-            ("trace", b"abc"),
-            ("dlq.reason", b"unknown_schema_id"),
-            ("dlq.origin.topic", a.encode()),
-            ("dlq.origin.partition", b"0"),
-            ("dlq.origin.offset", b"3"),
-            ("dlq.origin.timestamp", b"1790000000003"),
-            ("empty", None),
-        ],
+        reason="unknown_schema_id",
+        detail="test",
+        headers=[("trace", b"abc"), ("empty", None)],
     )
-    raw.flush(10)
+    writer.flush(30)
+    writer.close()
     with ops(settings) as ctx:
         before = ctx.kafka.ends([(a, 0)])[(a, 0)]
     out = tmp_path / "report.json"
