@@ -32,7 +32,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,39 @@ def classify(code: int) -> Refusal:
     if code in _INVALID:
         return Refusal.INVALID
     return Refusal.TRANSIENT
+
+
+def header_text(value: str | bytes | None) -> str | None:
+    """A header value as text; None when absent or not UTF-8."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+def read_headers(
+    headers: Sequence[tuple[str, str | bytes | None]] | None,
+) -> tuple[list[tuple[str, bytes | None]], dict[str, str | None]] | None:
+    """A dead letter's headers read back as the writer lays them out: the original record's
+    own first, then ours, always starting with `dlq.reason`. So ours run from its last
+    occurrence, and an original header that happens to be named `dlq.*` stays the
+    original's. Returns (the original's headers as bytes, ours by name as text), or None
+    when there is no `dlq.reason` (not a dead letter of this service)."""
+    listed = list(headers or ())
+    start = max((i for i, (name, _raw) in enumerate(listed) if name == H_REASON), default=None)
+    if start is None:
+        return None
+    ours: dict[str, str | None] = {}
+    for name, raw in listed[start:]:
+        ours.setdefault(name, header_text(raw))
+    original = [
+        (name, raw.encode() if isinstance(raw, str) else raw) for name, raw in listed[:start]
+    ]
+    return original, ours
 
 
 def batch_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:

@@ -62,6 +62,7 @@ from replicator.kafka.deadletter import (
     H_TIMESTAMP,
     H_TOPIC,
     H_VALUE_SHA256,
+    read_headers,
 )
 from replicator.keys import parse_key
 from replicator.model import TP, RecordHeaders
@@ -229,17 +230,6 @@ class DeadLetter:
         )
 
 
-def _text(value: str | bytes | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return None
-    return value
-
-
 def dead_letter_origin(
     headers: Sequence[tuple[str, str | bytes | None]] | None,
     key: bytes | None,
@@ -248,9 +238,10 @@ def dead_letter_origin(
     """The origin partition and offset a dead-letter record names, with what it holds; None
     when its origin headers or its reason are missing or malformed. A dead letter that went
     without its value (or key) carries the original's SHA-256 in a header instead."""
-    found: dict[str, str | None] = {}
-    for name, raw in headers or ():  # the last occurrence: ours come after the original's
-        found[name] = _text(raw)
+    read = read_headers(headers)  # ours: after the original's own headers
+    if read is None:
+        return None
+    _original, found = read
     topic, reason = found.get(H_TOPIC), found.get(H_REASON)
     try:
         partition = int(found.get(H_PARTITION) or "")

@@ -33,9 +33,10 @@ from replicator.kafka.deadletter import (
     H_TOPIC,
     H_VALUE_SHA256,
     H_VALUE_SIZE,
+    header_text,
+    read_headers,
 )
 
-DLQ_PREFIX = "dlq."
 REDRIVE_PREFIX = "redrive."
 # The headers a re-driven record carries: the origin of the dead letter (where the record
 # was first written and dead-lettered), the dead letter itself, and the run.
@@ -47,17 +48,6 @@ H_REDRIVE_DEAD_LETTER = "redrive.dead_letter"  # "<dead-letter topic>/<partition
 H_REDRIVE_ID = "redrive.id"
 
 Headers = list[tuple[str, str | bytes | None]]
-
-
-def _text(value: str | bytes | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return None
-    return value
 
 
 def _int(text: str | None) -> int | None:
@@ -116,17 +106,10 @@ def parse_letter(
 ) -> Letter | None:
     """A dead-letter record as a `Letter`; None when its reason or origin headers are
     missing or malformed (not a dead letter of this service: reported, never re-driven)."""
-    # The dead-letter writer appends its `dlq.*` headers after the original's own, always
-    # starting with `dlq.reason`: ours run from its last occurrence, the original's are all
-    # before it (an original header that happens to be named `dlq.*` stays the original's).
-    listed = list(headers or ())
-    start = max((i for i, (name, _raw) in enumerate(listed) if name == H_REASON), default=None)
-    if start is None:
+    read = read_headers(headers)
+    if read is None:
         return None
-    found: dict[str, str | None] = {}
-    for name, raw in listed[start:]:
-        found.setdefault(name, _text(raw))
-    kept = [(name, raw.encode() if isinstance(raw, str) else raw) for name, raw in listed[:start]]
+    kept, found = read
     reason, topic = found.get(H_REASON), found.get(H_TOPIC)
     origin_partition = _int(found.get(H_PARTITION))
     origin_offset = _int(found.get(H_OFFSET))
@@ -300,7 +283,7 @@ def redriven_origin(
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for name, raw in pairs:
         if name.startswith(REDRIVE_PREFIX):
-            found.setdefault(name, _text(raw))
+            found.setdefault(name, header_text(raw))
     topic = found.get(H_REDRIVE_TOPIC)
     partition = _int(found.get(H_REDRIVE_PARTITION))
     offset = _int(found.get(H_REDRIVE_OFFSET))

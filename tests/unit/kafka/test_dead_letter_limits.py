@@ -42,6 +42,7 @@ from replicator.kafka.deadletter import (
     batch_bytes,
     choose_limit,
     classify,
+    read_headers,
     shrink,
 )
 
@@ -309,6 +310,36 @@ def test_a_dead_letter_keeps_the_original_headers_before_its_own() -> None:
     kept = wire[: -len(small.headers) - 1]
     assert 0 < len(kept) < 20 and kept == big[: len(kept)]
     assert wire[-1][1] == str(20 - len(kept)).encode()
+
+
+_HEADER_NAMES = st.sampled_from(["trace", "dup", "é", H_REASON, H_OFFSET, H_VALUE_SIZE, "dlq.x"])
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(_HEADER_NAMES, st.one_of(st.none(), st.binary(max_size=6))), max_size=8),
+    st.sampled_from([0, 1, 2]),
+    st.integers(1_000, 5_000),
+)
+def test_read_headers_gives_back_the_original_and_ours_in_every_form(
+    original: Headers, stage: int, limit: int
+) -> None:
+    """The reader of the writer's layout (audit and redrive use it): whatever the original
+    carried, `dlq.*` names included, and whichever form went (as it is, without value,
+    without key), the original's headers come back as sent and ours as ours."""
+    letter = _letter(b"k", b"v" * 4_000, original=original)
+    for _ in range(stage):
+        smaller = shrink(letter, Refusal.TOO_LARGE, "c", limit)
+        assert smaller is not None
+        letter = smaller
+    read = read_headers(letter.wire_headers)
+    assert read is not None
+    got_original, ours = read
+    sent = letter.original if letter.kept < 0 else letter.original[: letter.kept]
+    assert got_original == sent
+    assert ours[H_REASON] == letter.header(H_REASON)
+    assert ours[H_OFFSET] == "17"
+    assert read_headers(original if all(n != H_REASON for n, _ in original) else []) is None
 
 
 # ------------------------------------------------------------------ the writer
