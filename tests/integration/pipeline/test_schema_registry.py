@@ -64,7 +64,7 @@ from tests.support.checker import (
     s3_objects,
 )
 from tests.support.registry import Failure, TestRegistry, running_registry
-from tests.support.service import Service, wait_committed
+from tests.support.service import Progress, Service, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -302,6 +302,61 @@ def test_a_registry_outage_holds_the_partitions_and_dead_letters_nothing(
         assert service.stop() == 0
     assert_outcome(settings, stack, producing)  # nothing dead-lettered, everything stored
     assert '"partition_held"' in service.log_text()
+
+
+def test_a_registry_outage_holds_a_catching_up_store_too(
+    stack: Any, settings_factory: Callable[..., Settings], registry: TestRegistry, tmp_path: Path
+) -> None:
+    """The other path a record takes: a store catching up reads Kafka on its own consumer
+    (`catchup_copy` off, so it reads rather than copies). Azure is down while S3 stores a
+    new schema version; the service starts again (its cache of ids empty) with the
+    registry down: Azure's catch-up meets the new id and holds (nothing skipped, nothing
+    dead-lettered, nothing committed past it) until the registry answers."""
+    settings = registry_settings(settings_factory, registry, catchup_copy=False)
+    a, _b = settings.topics
+    producing = Producing(settings, registry, "topic")
+    producing.send(a, version(REIMBURSEMENTS_TOPIC, 1), 30)
+    first = Service(settings, tmp_path, name="first").start()
+    try:
+        wait_committed(settings.kafka_bootstrap, groups(settings), producing.ends(), 90, [first])
+        azure_at = dict(producing.ends())
+        stack.stop_service("azure")
+        try:
+            producing.send(a, version(REIMBURSEMENTS_TOPIC, 2), 40)
+            wait_committed(
+                settings.kafka_bootstrap,
+                [settings.progress_group("s3")],
+                producing.ends(),
+                90,
+                [first],
+            )
+        finally:
+            first.kill9()  # Azure is down: no clean stop to wait for
+            stack.start_service("azure")
+    except BaseException:
+        if first.alive():
+            first.kill9()
+        raise
+    registry.state.fail = "503"
+    seen = registry.lookups()
+    second = Service(settings, tmp_path, name="second").start()
+    try:
+        wait_for(lookups_past(registry, seen + 3), 60, "the catch-up's lookups")
+        azure = Progress(settings.kafka_bootstrap, settings.progress_group("azure"))
+        try:
+            held = azure.committed(sorted(azure_at))
+        finally:
+            azure.close()
+        # not one offset of the new version committed while its schema is unknown
+        assert all(held[tp] <= azure_at[tp] for tp in azure_at), (held, azure_at)
+        registry.state.fail = None
+        wait_committed(settings.kafka_bootstrap, groups(settings), producing.ends(), 120, [second])
+    finally:
+        registry.state.fail = None
+        assert second.stop() == 0
+    assert_outcome(settings, stack, producing)  # all stored in both, nothing dead-lettered
+    log = second.log_text()
+    assert '"schema_registry_unavailable"' in log and '"catchup_started"' in log
 
 
 def lookups_past(registry: TestRegistry, count: int) -> Callable[[], bool]:
