@@ -10,7 +10,8 @@ as real producers do. Kafka, S3 and Azure are the real local servers. Covered:
   `unknown_schema_id`;
 - a registry outage in the middle of a run (503, 429, timeouts, closed connections) holds
   the partitions: nothing is dead-lettered, /readyz shows it, and everything is stored
-  once the registry answers again;
+  once the registry answers again; a store catching up on its own consumer holds the same
+  way (nothing skipped, nothing committed past the record);
 - the three subject name strategies: good records stored, a schema registered under
   another topic's subject dead-lettered as `wrong_topic_schema`;
 - the file registry reloaded on SIGHUP (and a broken file refused, the old one kept).
