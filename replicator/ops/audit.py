@@ -473,7 +473,10 @@ def _consumer(ctx: OpsContext, memory: int) -> Consumer:
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 20,
+            # Kafka answers a fetch as soon as it has records, whatever this wait; a
+            # short one made the local broker (Tansu) answer nothing at all from a deep
+            # partition (seen at 400,000 records a partition): its default, then.
+            "fetch.wait.max.ms": 500,
             "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS,
             "queued.max.messages.kbytes": max(1024, memory // 4 // 1024),
             "max.partition.fetch.bytes": min(16 << 20, max(1 << 20, memory // 8)),
