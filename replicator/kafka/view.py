@@ -45,8 +45,10 @@ class KafkaView:
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
             "auto.offset.reset": "earliest",
-            # Single reads (time lookups) and short ranges answer quickly.
-            "fetch.wait.max.ms": 20,
+            # Single reads (time lookups) and short ranges answer quickly (Kafka answers
+            # as soon as it has records). Not 20: the local broker (Tansu) then answered
+            # nothing from a deep partition (400,000 records), so `ends` missed records.
+            "fetch.wait.max.ms": 100,
             "client.id": settings.client_id(f"replicator-{purpose}"),
         }
         self._consumer = Consumer(conf)

@@ -68,7 +68,7 @@ _FETCH_QUEUE_BACKOFF_MS = 20  # librdkafka's 1000 ms default idles a consumer th
 # partition could not be audited (exit 3), never a false `missing`.
 _IDLE_S = 3.0  # a silence this long: the position is checked, and then again every _IDLE_S
 _STALL_S = 60.0
-_BATCH = 10_000  # records per consume() call at most (the queue's bytes bound them too)
+_BATCH = 2_000  # records per consume() call at most (the queue's bytes bound them too)
 
 
 @dataclass
@@ -485,7 +485,7 @@ def _consume(
 
 def _consumer(ctx: OpsContext, memory: int) -> Consumer:
     """A consumer that only `assign`s: no group joined, nothing committed. Its queue takes
-    a quarter of `memory`; one fetch brings up to an eighth from a partition."""
+    an eighth of `memory` (librdkafka may exceed it by one fetch, 1 MiB a partition)."""
     return Consumer(
         {
             **ctx.settings.kafka_common(),
@@ -494,10 +494,12 @@ def _consumer(ctx: OpsContext, memory: int) -> Consumer:
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 20,
+            # Kafka answers a fetch as soon as it has records, whatever this wait; a
+            # short one made the local broker (Tansu) answer nothing at all from a deep
+            # partition (seen at 400,000 records a partition): its default, then.
+            "fetch.wait.max.ms": 500,
             "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS,
-            "queued.max.messages.kbytes": max(1024, memory // 4 // 1024),
-            "max.partition.fetch.bytes": min(16 << 20, max(1 << 20, memory // 8)),
+            "queued.max.messages.kbytes": max(1024, memory // 8 // 1024),
             "client.id": ctx.settings.client_id("replicator-audit"),
         }
     )
