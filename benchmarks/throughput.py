@@ -1,6 +1,7 @@
 """Throughput benchmark: the replicator against the raw consume rate, measured in one run.
 
     .venv/bin/python benchmarks/throughput.py [--records 300000] [--partitions 6] [--day]
+        [--baseline-src DIR] [--rounds N]
 
 Starts a private local stack (free ports, temporary folder), produces a fixed, seeded
 workload over both topics with the project's own schemas, then measures:
@@ -18,6 +19,11 @@ workload over both topics with the project's own schemas, then measures:
 
 - day of SNDS (`--day`, off by default: it adds a few minutes): a backlog of 5,000,000
   records (the workload topped up) replicated end to end by a new group, as after a day down.
+
+With `--baseline-src DIR` (another checkout, e.g. `git worktree add DIR <commit>`, its C
+extension built), that checkout's service runs the end-to-end row too, just before this
+one's, on the same workload; `--rounds N` repeats the pair, before and after taking turns:
+the before/after of a change in one run (compare CPU/rec, which moves least).
 
 The service runs with its own defaults (flush interval, session timeout, chunk sizes...);
 the few settings the benchmark changes are printed under the table with the reason. Every
@@ -218,6 +224,7 @@ def end_to_end(
     value_mb: float,
     replicas: int,
     name: str,
+    source: Path | None = None,
 ) -> list[Row]:
     """`replicator run` from start until both stores' groups hold `ends`: the whole run, the
     run after the group join, and the steady state (10% to 90% committed)."""
@@ -225,11 +232,11 @@ def end_to_end(
     # Extra replicas share the group: they split the partitions (the first one is watched
     # for RSS; the time is until both stores' groups hold everything).
     extra = [
-        Service(settings, log_dir, name=f"{settings.group_id}-{i}").start()
+        Service(settings, log_dir, name=f"{settings.group_id}-{i}", source=source).start()
         for i in range(1, replicas)
     ]
     launched = time.time()
-    service = Service(settings, log_dir, name=settings.group_id).start()
+    service = Service(settings, log_dir, name=settings.group_id, source=source).start()
     cpu: list[float] = []
     timeline: list[tuple[float, int]] = []
     seconds = wait_groups(
@@ -383,7 +390,24 @@ def main() -> None:
         help="a service setting for every run, as in REPLICATOR_<NAME> (e.g. chunk_max_records="
         "10000); repeatable; printed under the table",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. `git worktree add DIR <commit>`) whose service runs the "
+        "end-to-end row too, just before this one's, on the same workload: printed as 'before'",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="end-to-end runs of each service (the last one is the table's 'end to end'); "
+        "with --baseline-src, before and after take turns",
+    )
     args = parser.parse_args()
+    variants: list[tuple[str, Path | None]] = [("after", None)]
+    if args.baseline_src is not None:
+        variants.insert(0, ("before", args.baseline_src.resolve()))
 
     overrides = parse_overrides(parser, args.set)
     rows: list[Row] = []
@@ -434,6 +458,45 @@ def main() -> None:
         settings = base.model_copy(
             update={"group_id": "bench-e2e", "s3_prefix": "e2e", "azure_prefix": "e2e"}
         )
+        # With --baseline-src, the other checkout's service ("before") and this one take
+        # turns, each round in new groups and prefixes: a change's before/after in one run.
+        for round_ in range(1, args.rounds):
+            for label, source in variants:
+                tag = f"{label}-{round_}"
+                rows.extend(
+                    end_to_end(
+                        settings.model_copy(
+                            update={
+                                "group_id": f"bench-{tag}",
+                                "s3_prefix": tag,
+                                "azure_prefix": tag,
+                            }
+                        ),
+                        log_dir,
+                        ends,
+                        total,
+                        value_mb,
+                        args.replicas,
+                        f"end to end ({label}, round {round_})",
+                        source,
+                    )
+                )
+        if args.baseline_src is not None:
+            before = settings.model_copy(
+                update={"group_id": "bench-before", "s3_prefix": "before", "azure_prefix": "before"}
+            )
+            rows.extend(
+                end_to_end(
+                    before,
+                    log_dir,
+                    ends,
+                    total,
+                    value_mb,
+                    args.replicas,
+                    "end to end (before)",
+                    args.baseline_src.resolve(),
+                )
+            )
         rows.extend(
             end_to_end(settings, log_dir, ends, total, value_mb, args.replicas, "end to end")
         )

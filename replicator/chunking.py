@@ -105,10 +105,17 @@ class Chunk:
     schema_ids: list[int]  # the writer schema id of each record, in order
     skipped: int  # offsets covered without a record in the chunk
     reason: str  # why it was cut: count, bytes, window, flush, end, plan, align, boundary
+    # The records' bodies' total size, as the chunker counted it (None: not counted, sum
+    # `records`); a count the chunker keeps anyway, so the lanes do not walk the records.
+    body_bytes: int | None = field(default=None, compare=False)
 
     @property
     def key(self) -> ChunkKey:
         return ChunkKey(self.topic, self.partition, self.first, self.last)
+
+
+# What `add` returns when it cuts nothing: shared, never appended to (callers only iterate).
+_NO_CHUNKS: list[Chunk] = []
 
 
 class PlanConflict(Exception):
@@ -206,6 +213,7 @@ class PartitionChunker:
             schema_ids=self._schema_ids,
             skipped=(last - self.open_first + 1) - len(self._records),
             reason=reason,
+            body_bytes=self._bytes,
         )
         self.plan.add(chunk.first, chunk.last)
         self.open_first = last + 1
@@ -231,7 +239,10 @@ class PartitionChunker:
             # Checked before any cut: raising after one would lose the chunks it closed.
             raise ValueError("a record needs its writer schema id")
         if offset < self.position:
-            return []
+            return _NO_CHUNKS
+        starts = self.plan._starts
+        if not starts or starts[-1] < self.open_first:
+            return self._add_unplanned(offset, record, schema_id, now)
         out: list[Chunk] = []
         # Follow known cuts first.
         planned = self.plan.end_for(self.open_first)
@@ -273,6 +284,45 @@ class PartitionChunker:
                 out.append(self._cut(planned, "plan"))
         elif self.position - self.open_first >= self.rules.max_records:
             out.append(self._cut(offset, "count"))
+        return out
+
+    def _add_unplanned(
+        self, offset: int, record: RawRecord | None, schema_id: int | None, now: float
+    ) -> list[Chunk]:
+        """`add` when the plan knows no cut at or after the open chunk's first offset (the
+        steady state: the plan then holds only cuts already made): the record rules alone,
+        as `add` applies them with no planned cut. A cut made here adds a cut below the new
+        open chunk, so the condition still holds for the next record. Runs once per record
+        on the service's busiest thread: local names, no list unless a chunk is cut."""
+        rules = self.rules
+        out = _NO_CHUNKS
+        records = self._records
+        if record is not None:
+            body_size = len(record.body)
+            window = record.timestamp_ms // rules.window_ms
+            if records and (window != self._window or self._bytes + body_size > rules.max_bytes):
+                # Cut after the last offset taken: a gap before `offset` goes to the chunk
+                # that takes it, as documented.
+                reason = "window" if window != self._window else "bytes"
+                out = [self._cut(self.position - 1, reason)]
+                records = self._records
+            if self.position == self.open_first:
+                self._opened_at = now
+            if not records:
+                self._window = window
+            assert schema_id is not None  # checked by `add`
+            records.append(record)
+            self._schema_ids.append(schema_id)
+            self._bytes += body_size
+        elif self.position == self.open_first:
+            self._opened_at = now
+        self.position = offset + 1
+        self._last_at = now
+        if offset + 1 - self.open_first >= rules.max_records:
+            if out:
+                out.append(self._cut(offset, "count"))
+            else:
+                out = [self._cut(offset, "count")]
         return out
 
     def flush_due(self, now: float) -> bool:

@@ -97,6 +97,8 @@ def judge_items(registry: SchemaRegistry, items: list[Item], max_bytes: int) -> 
     else:
         module, programs = native
         verdicts = module.accept(programs, items, max_bytes)
+        if None not in verdicts:  # all accepted (the usual batch): no Python pass over them
+            return cast(list[Verdict], verdicts)
     by_header = registry.by_header()
     checkers = _checkers(registry)
     for index, native_verdict in enumerate(verdicts):

@@ -95,23 +95,35 @@ class Intake:
         items: list[Item] = []
         parts = self.parts
         schema_topics = self._schema_topics
+        take, keep, add = taken.append, states.append, items.append
+        # The last partition's (topic, partition) -> (state, schema topic): a consumed batch
+        # comes in runs of one partition, so most records skip the two dict lookups.
+        last_topic: str | None = None
+        last_partition = -1
+        state: PartitionState | None = None
+        schema_topic = ""
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka_error", extra=fields(error=str(err)))
                 continue
-            topic = cast(str, msg.topic())
-            state = parts.get((topic, cast(int, msg.partition())))
+            # No typing.cast here: it is a function call, and this runs once per record.
+            topic: str = msg.topic()  # type: ignore[assignment]
+            partition: int = msg.partition()  # type: ignore[assignment]
+            if partition != last_partition or topic != last_topic:
+                last_topic, last_partition = topic, partition
+                state = parts.get((topic, partition))
+                schema_topic = schema_topics.get(topic, topic)
             if state is None or not state.ready:
                 continue
-            taken.append(msg)
-            states.append(state)
-            items.append(
+            take(msg)
+            keep(state)
+            add(
                 (
-                    schema_topics.get(topic, topic),
+                    schema_topic,
                     msg.value(),
-                    cast(int, msg.offset()),
+                    msg.offset(),  # type: ignore[arg-type]
                     msg.timestamp()[1],
                     msg.key(),
                     msg.headers(),
@@ -160,28 +172,34 @@ class Intake:
         is below its chunker's position (already covered) is ignored. The record's fields
         come from `items`, read once from the message by `take_live`."""
         now = time.monotonic()
+        new_tuple = tuple.__new__
         parts = self.parts
         dispatch = self.dispatch_live
         taken = 0
         current: PartitionState | None = None
         valid = False
+        chunker = None
+        add = None
         batch = zip(msgs, states, items, verdicts, strict=True)
         for msg, state, item, verdict in batch:
             _topic, value, offset, timestamp_ms, key, headers = item
             if state is not current:
                 current = state
                 valid = state.ready and not state.held_until and parts.get(state.tp) is state
+                chunker = state.chunker
+                add = chunker.add
             if not valid:
                 continue
-            chunker = state.chunker
+            assert chunker is not None and add is not None  # set with `current`
             if offset < chunker.position:
                 continue
             schema_id = verdict[0]
             record: RawRecord | None
             if schema_id is not None:
                 # confluent-kafka gives a consumed message's headers as RecordHeaders (its
-                # stubs say more); no cast here: this runs once per record.
-                record = RawRecord(offset, timestamp_ms, key, cast(bytes, value)[5:], headers)  # type: ignore[arg-type]
+                # stubs say more) and a value here is bytes (the judge accepted it); no
+                # typing.cast and no NamedTuple __new__ (two Python calls per record).
+                record = new_tuple(RawRecord, (offset, timestamp_ms, key, value[5:], headers))  # type: ignore[index]
             else:
                 settled = verdict
                 if verdict[1] == "unknown_schema_id":  # first seen? (rare: a bad record's path)
@@ -197,12 +215,13 @@ class Intake:
                     record, _none = self.apply_verdict(msg, settled, live=True)
             taken += 1
             try:
-                chunks = chunker.add(offset, record, schema_id, now)
+                chunks = add(offset, record, schema_id, now)
             except PlanConflict as exc:
                 self.plan_conflict(state.tp, exc)
                 continue
-            for chunk in chunks:
-                dispatch(chunk)
+            if chunks:
+                for chunk in chunks:
+                    dispatch(chunk)
         self.stats.records_in += taken
 
     def apply_verdict(

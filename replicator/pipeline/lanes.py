@@ -69,7 +69,12 @@ class Lanes:
             first=chunk.first,
             last=chunk.last,
             records=len(chunk.records),
-            nbytes=sum(len(r.body) for r in chunk.records) + 64,
+            nbytes=(
+                chunk.body_bytes
+                if chunk.body_bytes is not None
+                else sum(len(r.body) for r in chunk.records)
+            )
+            + 64,
             encoded=self._encoder.submit(work),
         )
 

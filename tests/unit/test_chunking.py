@@ -907,3 +907,62 @@ def test_no_end_of_burst_cut_inside_a_planned_cut() -> None:
     assert not c.quiet_after_burst(100.0)
     assert not c.end_due(100.0, 50)
     assert c.flush("end") is None
+
+
+# One step of a partition's input: the gap before the offset, then a kept record (its body
+# size, record time, schema id) or a dead-lettered offset (None), and the wall clock advance.
+_steps = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.one_of(
+            st.none(), st.tuples(st.integers(0, 9), st.integers(-50, 200), st.sampled_from([1, 2]))
+        ),
+        st.floats(0.0, 2.0),
+    ),
+    max_size=120,
+)
+
+
+@given(
+    steps=_steps,
+    max_records=st.integers(1, 12),
+    max_bytes=st.integers(1, 30),
+    window_ms=st.integers(1, 100),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_unplanned_fast_path_cuts_as_the_general_path(
+    steps: list[tuple[int, tuple[int, int, int] | None, float]],
+    max_records: int,
+    max_bytes: int,
+    window_ms: int,
+) -> None:
+    """A chunker whose plan holds no cut at or after its open chunk takes its records by a
+    shorter path (`_add_unplanned`, the steady state): it cuts exactly as the general path,
+    which a known cut far beyond every offset forces (it never comes into play)."""
+    r = rules(max_records, max_bytes, window_ms)
+    far = CutPlan()
+    far.add(BIG, BIG)
+    fast, general = chunker(r, start=3), chunker(r, start=3, plan=far)
+    offset, now = 3, 0.0
+    got: list[list[Chunk]] = [[], []]
+    for gap, kept, advance in steps:
+        offset += gap
+        now += advance
+        record, schema_id = None, None
+        if kept is not None:
+            size, ts, schema_id = kept
+            record = rec(offset, size, ts)
+        for i, c in enumerate((fast, general)):
+            got[i].extend(c.add(offset, record, schema_id, now))
+        offset += 1
+    assert got[0] == got[1]
+    assert [c.body_bytes for c in got[0]] == [c.body_bytes for c in got[1]]
+    assert [c.body_bytes for c in got[0]] == [sum(len(x.body) for x in c.records) for c in got[0]]
+    assert [c.reason for c in got[0]] == [c.reason for c in got[1]]
+    assert (fast.position, fast.open_first, fast.open_bytes) == (
+        general.position,
+        general.open_first,
+        general.open_bytes,
+    )
+    assert fast.flush() == general.flush()
+    assert fast.quiet_after_burst(now + 100) == general.quiet_after_burst(now + 100)
