@@ -232,8 +232,9 @@ class PartitionChunker:
         """Take the record at `offset` (None: dead-lettered, covered but not kept), written
         with schema `schema_id`.
 
-        Returns the chunks this closes. An offset below the position is ignored (already
-        covered); a gap before it is covered by the chunk that takes it.
+        Returns the chunks this closes (when none, one shared empty list: iterate it, never
+        append to it). An offset below the position is ignored (already covered); a gap
+        before it is covered by the chunk that takes it.
         """
         if record is not None and schema_id is None:
             # Checked before any cut: raising after one would lose the chunks it closed.
