@@ -33,6 +33,7 @@ MASK = "**********"
 MAX_FILE_BYTES = 1024 * 1024
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_KEY_END = re.compile(r"[:\s]")
 
 
 def _setting(variable: str) -> str:
@@ -209,7 +210,10 @@ def parse_properties(text: str) -> list[tuple[int, str, str]]:
             continue
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not key:
+        # Java ends a key at the first `=`, `:` or space: a `key: value` or `key value` line
+        # whose value holds `=` (a base64 secret's padding) would otherwise give a "key"
+        # holding the value, and the messages name the key.
+        if not sep or not key or _KEY_END.search(key):
             raise ValueError(f"line {number}: not a key=value line")
         if line.endswith("\\"):
             raise ValueError(f"line {number}: ends with a backslash (continued lines are not read)")
