@@ -361,11 +361,9 @@ def _ranges(
                 else options.from_offset
             )
         if options.to_offset is not None:
-            hi = (
-                min(hi, options.to_offset + 1)
-                if options.until_ms is not None
-                else options.to_offset + 1
-            )
+            # never past the default end: an offset the partition has not reached yet and
+            # no store holds is no `no_record` (it may hold a record tomorrow)
+            hi = min(hi, options.to_offset + 1)
         out[tp] = (lo, max(lo, hi), low, end)
     return out
 
