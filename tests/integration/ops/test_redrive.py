@@ -294,6 +294,29 @@ def test_dead_letters_of_a_schema_registered_later_are_redriven_into_both_stores
     assert "result: DONE (exit 0)" in again.stderr
 
 
+def test_records_re_driven_too_early_are_dead_lettered_again_and_counted_so(
+    stack: Any, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Re-driven before their schema version is registered, the copies are dead-lettered
+    again: the audit is clean, counts origin and copy dead-lettered, and counts none of the
+    copies among the stored re-driven records (it counted every re-driven record read)."""
+    s = dead_lettered_scenario(settings_factory, tmp_path, count=21, seed=16)
+    early = s.settings.model_copy(update={"schemas_dir": tmp_path / "schemas-old"})
+    selection = Selection(reasons=frozenset({"unknown_schema_id"}))
+    report = run_redrive(early, RedriveOptions(selection=selection))
+    assert report.exit_code == 0 and report.produced == len(s.new)
+    with ops(early) as ctx:
+        ends = ctx.kafka.ends(list(s.ends))
+    assert sum(ends.values()) == sum(s.ends.values()) + len(s.new)
+    replicate(early, ends)
+    with ops(early) as ctx:
+        audit = run_audit(ctx, AuditOptions(write_manifest=False))
+    assert audit.exit_code == 0, audit.summary()
+    totals = audit.totals()
+    assert (totals["dead_lettered"], totals["redriven"]) == (2 * len(s.new), 0)
+    assert "re-driven" not in audit.summary()
+
+
 @pytest.mark.parametrize(
     ("step", "doubled"),
     [("flushed", 10), ("committed", 0)],
