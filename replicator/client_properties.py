@@ -200,11 +200,13 @@ def parse_properties(text: str) -> list[tuple[int, str, str]]:
     The subset of Java's .properties syntax taken: one `key=value` per line; lines that are
     blank or start with `#` or `!` (after spaces) are comments; the key and the value are
     stripped of surrounding spaces; the value is everything after the first `=` (it may hold
-    `=`). Not taken, and refused rather than misread: `key: value` and `key value` lines, a
+    `=`); a leading byte order mark is ignored. Not taken, and refused rather than misread: `key: value` and `key value` lines, a
     line continued with a final backslash. No escape is interpreted (`\\n` is a backslash
     and an n). ValueError names the line (never its content: it may hold a secret)."""
     out: list[tuple[int, str, str]] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # a byte order mark (a file saved as "UTF-8 with BOM" by some editors) is no part of the
+    # first key
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith(("#", "!")):
             continue

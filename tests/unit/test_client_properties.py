@@ -93,6 +93,8 @@ def test_every_property_name_has_a_variable(name: str) -> None:
             [(1, "sasl.jaas.config", 'a=b c="d==";')],
         ),
         ("a=1\r\nb=2\r\n", [(1, "a", "1"), (2, "b", "2")]),
+        ("\ufeffclient.id=x\r\n", [(1, "client.id", "x")]),  # saved "UTF-8 with BOM"
+        ("\ufeff# comment\nclient.id=x\n", [(2, "client.id", "x")]),
         ("empty=\n", [(1, "empty", "")]),  # parsed; refused later (no value)
         ("url=https://h/x?a=1#frag\n", [(1, "url", "https://h/x?a=1#frag")]),
         ("", []),
