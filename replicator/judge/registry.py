@@ -160,7 +160,9 @@ def probe(settings: Settings) -> str:
     try:
         subjects = getattr(client, "get_subjects")()  # noqa: B009 - not in the Lookups protocol
     except Exception as exc:  # any failure: said in a few words
-        raise RegistryUnavailable(describe(exc)) from None
+        raise RegistryUnavailable(
+            f"the schema registry server does not answer: {describe(exc)}"
+        ) from None
     finally:
         close = getattr(client, "close", None)
         if close is not None:
