@@ -33,6 +33,7 @@ MASK = "**********"
 MAX_FILE_BYTES = 1024 * 1024
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_KEY_END = re.compile(r"[:\s]")
 
 
 def _setting(variable: str) -> str:
@@ -199,17 +200,22 @@ def parse_properties(text: str) -> list[tuple[int, str, str]]:
     The subset of Java's .properties syntax taken: one `key=value` per line; lines that are
     blank or start with `#` or `!` (after spaces) are comments; the key and the value are
     stripped of surrounding spaces; the value is everything after the first `=` (it may hold
-    `=`). Not taken, and refused rather than misread: `key: value` and `key value` lines, a
+    `=`); a leading byte order mark is ignored. Not taken, and refused rather than misread: `key: value` and `key value` lines, a
     line continued with a final backslash. No escape is interpreted (`\\n` is a backslash
     and an n). ValueError names the line (never its content: it may hold a secret)."""
     out: list[tuple[int, str, str]] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # a byte order mark (a file saved as "UTF-8 with BOM" by some editors) is no part of the
+    # first key
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith(("#", "!")):
             continue
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not key:
+        # Java ends a key at the first `=`, `:` or space: a `key: value` or `key value` line
+        # whose value holds `=` (a base64 secret's padding) would otherwise give a "key"
+        # holding the value, and the messages name the key.
+        if not sep or not key or _KEY_END.search(key):
             raise ValueError(f"line {number}: not a key=value line")
         if line.endswith("\\"):
             raise ValueError(f"line {number}: ends with a backslash (continued lines are not read)")

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 # Kafka's own rule (kafka.common.internals.Topic): 1 to 249 of [a-zA-Z0-9._-], not "." or "..".
 TOPIC_MAX_CHARS = 249
@@ -140,19 +140,35 @@ def check_container(value: str) -> str:
     return value
 
 
+def shown_url(value: str) -> str:
+    """A URL as an error message may show it: without its credentials, query and fragment
+    (a token or key may travel in any of them), saying so when they were there."""
+    cut = re.split(r"[?#]", value, maxsplit=1)[0]
+    parts = urlsplit(cut)
+    if parts.netloc:
+        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        hidden = "@" in parts.netloc
+    else:  # no `//`: anything before an `@` may be credentials
+        shown, hidden = cut.rpartition("@")[2], "@" in cut
+    if hidden or cut != value:
+        return f"{shown!r} (its credentials, query and fragment not shown)"
+    return repr(shown)
+
+
 def check_url(value: str) -> str:
-    """An http(s) URL with a host, an optional valid port and path, no query or fragment."""
+    """An http(s) URL with a host, an optional valid port and path, no query or fragment.
+    The errors never show credentials, a query or a fragment (`shown_url`)."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{value!r}: no query, fragment or credentials in the URL")
+        raise ValueError(f"{shown_url(value)} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or "@" in parts.netloc or "?" in value or "#" in value:
+        raise ValueError(f"{shown_url(value)}: no query, fragment or credentials in the URL")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535") from None
+        raise ValueError(f"{shown_url(value)}: the port must be a number from 1 to 65535") from None
     if port == 0:
-        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+        raise ValueError(f"{shown_url(value)}: the port must be a number from 1 to 65535")
     return value
 
 

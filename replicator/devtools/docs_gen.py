@@ -207,10 +207,12 @@ for Azure Event Hubs, Confluent Cloud, mTLS and OAUTHBEARER. Two sources, both o
   Secret). The subset of Java's `.properties` syntax read: one `key=value` per line, the key
   and the value stripped of surrounding spaces, the value everything after the first `=`
   (it may hold `=`); blank lines and lines starting with `#` or `!` are comments. Refused
-  rather than misread: a line without `=`, a line ending with a backslash (continued lines),
-  a key given twice, a key that is not a property name (lower-case letters and digits
-  separated by `.`, `_` or `-`), an empty value. No escape is interpreted. UTF-8, at most
-  1 MiB.
+  rather than misread, naming the line and the key (never a value): a line without `=`, a
+  `key: value` or `key value` line (Java's other separators, a `:` or a space before the
+  first `=`), a line ending with a backslash (continued lines), a key given twice, a key
+  that is not a property name (lower-case letters and digits separated by `.`, `_` or
+  `-`), an empty value. No escape is interpreted. UTF-8 (a leading byte order mark is
+  ignored), at most 1 MiB.
 
 A property given in both takes the **environment variable's** value (as a variable wins over
 a file of `REPLICATOR_SECRETS_DIR`). An empty variable is refused (unset it to keep

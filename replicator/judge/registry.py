@@ -81,6 +81,23 @@ def describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class MalformedAnswer(TypeError):
+    """A registry answer without a field it must have (a 200 whose body is not the
+    documented one): not a definite answer, so the record's partition is held."""
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedAnswer("a text field is missing")
+    return value
+
+
+def _number(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedAnswer("a number field is missing")
+    return value
+
+
 class Lookups(Protocol):
     """The two calls made to a registry server (``SchemaRegistryClient`` has them)."""
 
@@ -143,7 +160,9 @@ def probe(settings: Settings) -> str:
     try:
         subjects = getattr(client, "get_subjects")()  # noqa: B009 - not in the Lookups protocol
     except Exception as exc:  # any failure: said in a few words
-        raise RegistryUnavailable(describe(exc)) from None
+        raise RegistryUnavailable(
+            f"the schema registry server does not answer: {describe(exc)}"
+        ) from None
     finally:
         close = getattr(client, "close", None)
         if close is not None:
@@ -259,6 +278,9 @@ class SchemaResolver:
         try:
             found = self.client.get_schema(schema_id)
             versions = self.client.get_schema_versions(schema_id)
+            # a malformed answer (no schema, versions without subject or number) raises
+            # here too, and holds like any answer that is not a definite one
+            result = self._lookup_of(schema_id, found, versions)
         except Exception as exc:  # any failure: classify says hold or not found
             if classify(exc) == "not_found":
                 self._answered()
@@ -269,7 +291,6 @@ class SchemaResolver:
             self._failed(describe(exc), now)
             raise RegistryUnavailable(self.outage or "") from None
         self._answered()
-        result = self._lookup_of(schema_id, found, versions)
         self._cache[schema_id] = result
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -294,9 +315,10 @@ class SchemaResolver:
                 None,
                 ("undecodable", f"schema id {schema_id} has references (not supported)"),
             )
-        pairs = [(str(v.subject), int(v.version)) for v in versions or ()]
+        pairs = [(_text(v.subject), _number(v.version)) for v in versions or ()]
+        schema_str = _text(getattr(found, "schema_str", None))
         try:
-            named = schema_from_json(schema_id, "", 1, (), str(found.schema_str))
+            named = schema_from_json(schema_id, "", 1, (), schema_str)
         except ValueError as exc:
             return Lookup(None, ("undecodable", f"schema id {schema_id}: {exc}"))
         subjects = [s for s, _v in pairs]
@@ -311,7 +333,7 @@ class SchemaResolver:
             ),
             pairs[0] if pairs else ("", 1),
         )
-        return Lookup(schema_from_json(schema_id, subject, version, topics, str(found.schema_str)))
+        return Lookup(schema_from_json(schema_id, subject, version, topics, schema_str))
 
     def _answered(self) -> None:
         if self.outage is not None:

@@ -44,9 +44,11 @@ from replicator.ops.audit_logic import (
     SourceBatch,
     WindowTooLarge,
     add_dead_letter,
+    add_to_runs,
     audit_partition,
     dead_letter_origin,
     parse_objects,
+    stored_in_runs,
 )
 from replicator.ops.context import OpsContext, Progress
 from replicator.ops.findings import utc_now
@@ -361,11 +363,9 @@ def _ranges(
                 else options.from_offset
             )
         if options.to_offset is not None:
-            hi = (
-                min(hi, options.to_offset + 1)
-                if options.until_ms is not None
-                else options.to_offset + 1
-            )
+            # never past the default end: an offset the partition has not reached yet and
+            # no store holds is no `no_record` (it may hold a record tomorrow)
+            hi = min(hi, options.to_offset + 1)
         out[tp] = (lo, max(lo, hi), low, end)
     return out
 
@@ -593,12 +593,13 @@ def _audit_one(
     # last (it may end after hi), within what Kafka holds.
     start = max(low, min([lo, *(r.first for refs in objects.values() for r in refs)]))
     stop = min(end, max([hi, *(r.last + 1 for refs in objects.values() for r in refs)]))
-    redriven = [0, -1]  # count, last offset counted (offsets come in order, once)
+    # the re-driven records read (not those dead-lettered again), as runs of offsets; those
+    # of them that are stored are counted once the findings are known
+    redriven: list[list[int]] = []
 
     def count(offset: int) -> None:
-        if lo <= offset < hi and offset > redriven[1]:
-            redriven[0] += 1
-            redriven[1] = offset
+        if lo <= offset < hi and offset not in dead:
+            add_to_runs(redriven, offset)
 
     try:
         account = audit_partition(
@@ -612,7 +613,7 @@ def _audit_one(
             ctx.read,
             max_window_bytes=share // 2,
         )
-        account.redriven = redriven[0]
+        account.redriven = stored_in_runs(redriven, account.findings)
         return account
     except (StoreError, KafkaUnavailable, WindowTooLarge, ReplicatorError) as exc:
         return PartitionAccount(tp[0], tp[1], lo, hi, low, error=str(exc))

@@ -792,3 +792,31 @@ def parse_objects(
         if parsed.last >= lo and parsed.first < hi:
             out.append(ObjectRef(store, key, parsed.first, parsed.last, size))
     return out, foreign
+
+
+def add_to_runs(runs: list[list[int]], offset: int) -> None:
+    """Note `offset` (offsets come in ascending order) in `runs`, [first, last] each: a run
+    of consecutive offsets costs one entry (a re-drive writes its records in runs)."""
+    if runs and offset <= runs[-1][1]:
+        return
+    if runs and runs[-1][1] == offset - 1:
+        runs[-1][1] = offset
+    else:
+        runs.append([offset, offset])
+
+
+def stored_in_runs(runs: Sequence[Sequence[int]], findings: Iterable[FindingRange]) -> int:
+    """How many offsets of `runs` are stored: not in a `missing` or `altered` finding of any
+    store (the runs hold no dead-lettered offset: the caller leaves those out)."""
+    holes = sorted((f.first, f.last) for f in findings if f.kind in (Kind.MISSING, Kind.ALTERED))
+    total = 0
+    for first, last in runs:
+        covered = first - 1  # the highest offset of this run counted as not stored so far
+        hidden = 0
+        for h_first, h_last in holes:
+            a, b = max(h_first, first, covered + 1), min(h_last, last)
+            if a <= b:
+                hidden += b - a + 1
+                covered = b
+        total += last - first + 1 - hidden
+    return total

@@ -205,6 +205,12 @@ class RedriveReport:
             shown += 1
         if shown > max_lines:
             lines.append(f"  ... and {shown - max_lines} more (see the JSON report)")
+        if (t.cannot or t.refused) and not self.options.dry_run:
+            lines.append(
+                "  these are passed like the others: the same filters do not read them again; "
+                "once the cause is fixed, re-drive each with --topic, --partition, "
+                "--from-offset and --to-offset naming it"
+            )
         if self.error:
             lines.append(f"stopped: {self.error}")
         verdict = {

@@ -93,6 +93,8 @@ def test_every_property_name_has_a_variable(name: str) -> None:
             [(1, "sasl.jaas.config", 'a=b c="d==";')],
         ),
         ("a=1\r\nb=2\r\n", [(1, "a", "1"), (2, "b", "2")]),
+        ("\ufeffclient.id=x\r\n", [(1, "client.id", "x")]),  # saved "UTF-8 with BOM"
+        ("\ufeff# comment\nclient.id=x\n", [(2, "client.id", "x")]),
         ("empty=\n", [(1, "empty", "")]),  # parsed; refused later (no value)
         ("url=https://h/x?a=1#frag\n", [(1, "url", "https://h/x?a=1#frag")]),
         ("", []),
@@ -136,12 +138,34 @@ def test_a_written_properties_file_reads_back(values: dict[str, str], data: st.D
         ("a=1\nclient.id: zq9xw\n", "line 2: not a key=value line"),
         ("=zq9xw\n", "line 1: not a key=value line"),
         ("a=1\n\nb=zq9xw \\\n  second\n", "line 3: ends with a backslash"),
+        # Java's other separators with a value holding `=` (a base64 secret's padding):
+        # the text before the `=` is not a key, and never printed
+        ("sasl.password: zq9xw==\n", "line 1: not a key=value line"),
+        ("sasl.password:zq9xw=\n", "line 1: not a key=value line"),
+        ("sasl.password zq9xw==\n", "line 1: not a key=value line"),
+        ("a=1\nsasl.password\tzq9xw=x\n", "line 2: not a key=value line"),
     ],
 )
 def test_bad_properties_file_lines(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as caught:
         props.parse_properties(text)
     assert "zq9xw" not in str(caught.value)
+
+
+@given(
+    st.sampled_from([":", ": ", " ", "\t", " : "]),
+    st.text(st.characters(codec="ascii", categories=("L", "N")), min_size=1, max_size=20),
+    st.text(st.sampled_from("=+/"), min_size=1, max_size=3),
+)
+def test_a_secret_after_another_separator_is_never_in_the_error(
+    separator: str, secret: str, tail: str
+) -> None:
+    """A `key: value` or `key value` line (Java's other separators) whose value holds `=`
+    is refused by its line number; the refusal holds no part of the value."""
+    value = f"zq{secret}{tail}"
+    with pytest.raises(ValueError, match="line 2: not a key=value line") as caught:
+        props.collect({}, f"client.id=x\nsasl.password{separator}{value}\n")
+    assert "zq" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -469,3 +469,29 @@ def test_unknown_files_in_the_secrets_folder_are_named(tmp_path: Path) -> None:
         and "REPLICATOR_S3_SECRET_KEY?" in w
         for w in warnings
     )
+
+
+@given(
+    st.sampled_from(["https://", "http://", "ftp://", ""]),
+    st.sampled_from(["", "u:{s}@", ":{s}@", "{s}@"]),
+    st.sampled_from(["h", "127.0.0.1", "h:0", "h:99999", "h:x", ""]),
+    st.sampled_from(["", "/", "/p"]),
+    st.sampled_from(["", "?token={s}", "?{s}", "?", "?e=a@{s}"]),
+    st.sampled_from(["", "#{s}", "#"]),
+    st.text(st.characters(codec="ascii", categories=("L", "N")), min_size=4, max_size=12),
+)
+def test_a_refused_url_never_shows_its_credentials_query_or_fragment(
+    scheme: str, user: str, host: str, path: str, query: str, fragment: str, secret: str
+) -> None:
+    """Every URL setting's refusal (an S3 endpoint, a registry URL...) names the URL without
+    what may be a secret in it: credentials, a query (an API key or SAS token), a fragment."""
+    secret = f"zq{secret}"
+    value = scheme + user.format(s=secret) + host + path + query.format(s=secret)
+    value += fragment.format(s=secret)
+    for check in (checks.check_url, checks.check_registry_url):
+        try:
+            check(value)
+        except ValueError as exc:
+            assert secret not in str(exc), value
+        else:
+            assert secret not in value

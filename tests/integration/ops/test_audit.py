@@ -334,3 +334,46 @@ def test_a_slow_store_does_not_end_the_source_read_early(
         "redriven": 0,
         "stored": sum(produced.ends.values()) - bad,
     }
+
+
+def test_an_offset_range_past_the_end_counts_no_offset_past_it(
+    stack: Any, settings_factory: Callable[..., Settings]
+) -> None:
+    """An offset range given past a partition's end is cut at the end: the offsets the
+    partition has not reached (and no store holds) are in no class, not `no_record` (a
+    later audit would find records there). Every range of the table, starting before, at
+    or after the end, counts exactly the offsets from its start to min(its end, the end)."""
+    settings = settings_factory(chunk_max_records=50)
+    produced = produce_records(settings, count=240, bad_share=0.0, seed=1416)
+    replicate(settings, produced.ends)
+    tp = min(produced.ends)
+    end = produced.ends[tp]
+    cases = [
+        (None, end + 50),
+        (0, end - 1),
+        (end - 5, end + 1000),
+        (end - 1, end),
+        (end, end + 10),
+        (end + 3, end + 10),
+    ]
+    with ops(settings) as ctx:
+        for first, last in cases:
+            report = run_audit(
+                ctx,
+                AuditOptions(
+                    topics=[tp[0]],
+                    partitions=[tp[1]],
+                    from_offset=first,
+                    to_offset=last,
+                    write_manifest=False,
+                ),
+            )
+            counted = max(0, min(last + 1, end) - (first or 0))
+            assert report.status == "clean", report.summary()
+            assert (report.totals()["stored"], report.totals()["no_record"]) == (counted, 0), (
+                first,
+                last,
+                end,
+            )
+            (part,) = report.partitions
+            assert part.hi - part.lo == counted

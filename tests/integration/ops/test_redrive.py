@@ -294,6 +294,29 @@ def test_dead_letters_of_a_schema_registered_later_are_redriven_into_both_stores
     assert "result: DONE (exit 0)" in again.stderr
 
 
+def test_records_re_driven_too_early_are_dead_lettered_again_and_counted_so(
+    stack: Any, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Re-driven before their schema version is registered, the copies are dead-lettered
+    again: the audit is clean, counts origin and copy dead-lettered, and counts none of the
+    copies among the stored re-driven records (it counted every re-driven record read)."""
+    s = dead_lettered_scenario(settings_factory, tmp_path, count=21, seed=16)
+    early = s.settings.model_copy(update={"schemas_dir": tmp_path / "schemas-old"})
+    selection = Selection(reasons=frozenset({"unknown_schema_id"}))
+    report = run_redrive(early, RedriveOptions(selection=selection))
+    assert report.exit_code == 0 and report.produced == len(s.new)
+    with ops(early) as ctx:
+        ends = ctx.kafka.ends(list(s.ends))
+    assert sum(ends.values()) == sum(s.ends.values()) + len(s.new)
+    replicate(early, ends)
+    with ops(early) as ctx:
+        audit = run_audit(ctx, AuditOptions(write_manifest=False))
+    assert audit.exit_code == 0, audit.summary()
+    totals = audit.totals()
+    assert (totals["dead_lettered"], totals["redriven"]) == (2 * len(s.new), 0)
+    assert "re-driven" not in audit.summary()
+
+
 @pytest.mark.parametrize(
     ("step", "doubled"),
     [("flushed", 10), ("committed", 0)],
@@ -521,6 +544,48 @@ def test_a_dead_letter_sent_without_its_value_is_reported_never_produced_empty(
         ("trace", b"abc"),
         ("empty", None),
     ]
+
+
+def test_a_dead_letter_of_a_topic_not_replicated_is_passed_and_re_driven_by_name(
+    stack: Any, settings_factory: Callable[..., Settings]
+) -> None:
+    """A dead letter whose origin topic is not replicated is reported (exit 1) and passed
+    like the others: the report says so and how to re-drive it once the topic is back; the
+    same filters then read nothing, filters naming it re-drive it."""
+    settings = settings_factory()
+    a, b = settings.topics
+    writer = DeadLetterWriter(settings.kafka_common(), settings.dead_letter_topic, 4000)
+    value = b"\x00\x00\x00\x00\x09" + b"v" * 10
+    for topic in (a, b):
+        writer.send(
+            topic=topic,
+            partition=0,
+            offset=7,
+            timestamp_ms=1_790_000_000_000,
+            key=b"k",
+            value=value,
+            reason="unknown_schema_id",
+            detail="test",
+        )
+    writer.flush(30)
+    writer.close()
+    narrow = settings.model_copy(update={"topics": [a]})
+    run = cli(narrow, "redrive", "--reason", "unknown_schema_id")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"cannot re-drive {b}/0 offset 7" in run.stdout
+    assert "these are passed like the others: the same filters do not read them again" in (
+        run.stdout
+    )
+    again = cli(settings, "redrive", "--reason", "unknown_schema_id", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["counts"]["read"] == 0
+    named = [
+        *("--reason", "unknown_schema_id", "--topic", b, "--partition", "0"),
+        *("--from-offset", "7", "--to-offset", "7", "--json"),
+    ]
+    by_name = cli(settings, "redrive", *named)
+    assert by_name.returncode == 0, by_name.stderr
+    assert json.loads(by_name.stdout)["counts"]["produced"] == 1
 
 
 @pytest.mark.parametrize(

@@ -486,10 +486,19 @@ def test_check_says_whether_the_schemas_source_answers(
     assert check_schemas(server) == [CheckResult("schemas", True, "1 URL(s): 1 subject(s)")]
     with registry.outage("503"):
         assert check_schemas(server) == [
-            CheckResult("schemas", False, "HTTP 503 (error code 50301)")
+            CheckResult(
+                "schemas",
+                False,
+                "the schema registry server does not answer: HTTP 503 (error code 50301)",
+            )
         ]
     with registry.outage("close"):
         [result] = check_schemas(server)
         assert not result.ok and "://" not in result.detail
+        assert result.detail.startswith("the schema registry server does not answer: ")
+    nobody = server.model_copy(update={"schema_registry_url": [f"http://127.0.0.1:{free_port()}"]})
+    assert check_schemas(nobody) == [
+        CheckResult("schemas", False, "the schema registry server does not answer: ConnectError")
+    ]
     [file] = check_schemas(settings_factory())
     assert file.ok and file.detail.endswith("registry.json: 4 schema(s)")

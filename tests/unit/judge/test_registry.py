@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
+from confluent_kafka.schema_registry.common.schema_registry_client import SchemaVersion
 from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
 from hypothesis import given
 from hypothesis import strategies as st
@@ -376,3 +378,54 @@ def test_a_string_field_the_rules_do_not_know_is_scanned_for_a_nir_in_a_new_sche
     verdicts = judge_items(registry, _items("snds.reimbursements", clean + leaking), 1 << 20)
     assert verdicts[:20] == [(9, "", "")] * 20
     assert {v[1] for v in verdicts[20:]} == {"direct_identifier"}
+
+
+class Answers:
+    """A registry answering 200 to both calls with the values confluent-kafka's client
+    makes of the bodies given (``Schema.from_dict``, ``SchemaVersion.from_dict``)."""
+
+    def __init__(self, schema: dict[str, Any], versions: list[Any]) -> None:
+        self.schema, self.versions = schema, versions
+
+    def get_schema(self, schema_id: int) -> Any:
+        return Schema.from_dict(self.schema)
+
+    def get_schema_versions(self, schema_id: int) -> Any:
+        return [SchemaVersion.from_dict(item) for item in self.versions]
+
+
+_GOOD_SCHEMA = {"schema": REIMBURSEMENT_V2.schema_json}
+_GOOD_VERSIONS = [{"subject": "snds.reimbursements-value", "version": 2}]
+
+
+@pytest.mark.parametrize(
+    ("schema", "versions"),
+    [
+        ({}, _GOOD_VERSIONS),  # 200 without a schema
+        ({"schema": None}, _GOOD_VERSIONS),
+        ({"schemaType": "AVRO"}, _GOOD_VERSIONS),
+        (_GOOD_SCHEMA, [{"subject": "snds.reimbursements-value"}]),  # a version without number
+        (_GOOD_SCHEMA, [{"subject": "snds.reimbursements-value", "version": "2"}]),
+        (_GOOD_SCHEMA, [{"subject": "snds.reimbursements-value", "version": None}]),
+        (_GOOD_SCHEMA, [{"version": 2}]),  # a version without subject
+        (_GOOD_SCHEMA, [{"subject": None, "version": 2}]),
+        (_GOOD_SCHEMA, [{"subject": "", "version": 2}]),
+        (_GOOD_SCHEMA, [_GOOD_VERSIONS[0], {"subject": 5, "version": 1}]),
+    ],
+)
+def test_a_malformed_200_answer_holds_and_is_never_a_dead_letter(
+    schema: dict[str, Any], versions: list[Any]
+) -> None:
+    """A 200 whose body lacks what the documented answer has is no definite answer: the
+    lookup holds (RegistryUnavailable: the partition is held and retried), it neither
+    raises anything else (that would stop the service) nor names a reason to dead-letter
+    the record, and it is not cached: the next good answer is used."""
+    res = SchemaResolver(SchemaRegistry({}), client=Answers(schema, versions), clock=Clock())
+    with pytest.raises(RegistryUnavailable, match="MalformedAnswer"):
+        res.lookup(4)
+    assert res.failures == 1 and len(res.registry) == 0
+    res.client = Answers(_GOOD_SCHEMA, _GOOD_VERSIONS)
+    res.retry_at = 0.0
+    found = res.lookup(4).schema
+    assert found is not None and found.topics == {"snds.reimbursements"}
+    assert res.outage is None

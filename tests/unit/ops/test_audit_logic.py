@@ -44,17 +44,20 @@ from replicator.ops.audit_logic import (
     OTHER,
     OUTSIDE,
     DeadLetter,
+    FindingRange,
     Holding,
     Kind,
     Klass,
     ObjectRef,
     SourceRecord,
     add_dead_letter,
+    add_to_runs,
     audit_partition,
     classify,
     dead_letter_origin,
     sha256_hex,
     source_batches,
+    stored_in_runs,
     wire_payload,
     wire_payload_py,
 )
@@ -571,3 +574,68 @@ def test_headers_are_compared_for_format_3_objects_only(
         assert [(f.kind, f.first, f.last) for f in account.findings] == [
             (Kind.ALTERED, changed, changed)
         ]
+
+
+def _range(kind: Kind, where: str, first: int, last: int) -> FindingRange:
+    return FindingRange(kind, where, first, last, "")
+
+
+@pytest.mark.parametrize(
+    ("offsets", "findings", "stored"),
+    [
+        ([], [], 0),
+        ([5, 6, 7, 9], [], 4),
+        ([5, 5, 6, 3], [], 2),  # an offset seen again, or out of order, counts once
+        # a re-driven record missing from one store, or both: not stored
+        ([10, 11, 12], [_range(Kind.MISSING, "s3", 11, 11)], 2),
+        (
+            [10, 11, 12],
+            [_range(Kind.MISSING, "s3", 11, 11), _range(Kind.MISSING, "azure", 11, 11)],
+            2,
+        ),
+        ([10, 11, 12], [_range(Kind.MISSING, "s3", 0, 100)], 0),
+        (
+            [10, 11, 12, 20],
+            [_range(Kind.MISSING, "s3", 9, 10), _range(Kind.ALTERED, "azure", 12, 30)],
+            1,
+        ),
+        (
+            [10, 11, 12],
+            [_range(Kind.MISSING, "s3", 10, 11), _range(Kind.MISSING, "azure", 11, 12)],
+            0,
+        ),
+        # doubled and unexpected leave the record stored
+        ([10, 11], [_range(Kind.DOUBLED, "s3", 10, 11), _range(Kind.UNEXPECTED, "s3", 11, 11)], 2),
+    ],
+)
+def test_the_stored_re_driven_records_are_counted_without_those_in_findings(
+    offsets: list[int], findings: list[FindingRange], stored: int
+) -> None:
+    runs: list[list[int]] = []
+    for offset in offsets:
+        add_to_runs(runs, offset)
+    assert stored_in_runs(runs, findings) == stored
+
+
+@given(
+    st.sets(st.integers(0, 60)),
+    st.lists(
+        st.tuples(st.sampled_from(list(Kind)), st.integers(0, 60), st.integers(0, 8)),
+        max_size=6,
+    ),
+)
+def test_stored_re_driven_records_match_a_set_oracle(
+    offsets: set[int], holes: list[tuple[Kind, int, int]]
+) -> None:
+    runs: list[list[int]] = []
+    for offset in sorted(offsets):
+        add_to_runs(runs, offset)
+    findings = [_range(kind, "s3", first, first + size) for kind, first, size in holes]
+    hidden = {
+        o
+        for f in findings
+        if f.kind in (Kind.MISSING, Kind.ALTERED)
+        for o in range(f.first, f.last + 1)
+    }
+    assert stored_in_runs(runs, findings) == len(offsets - hidden)
+    assert len(runs) <= len(offsets)
