@@ -317,7 +317,10 @@ def shrink(letter: Letter, refusal: Refusal, cause: str, limit: int) -> Letter |
             (H_VALUE_SIZE, str(len(value)).encode()),
             (H_VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
         ]
-        if letter.key is not None and batch_bytes(letter.key, None, headers) <= limit:
+        # With the key only if it fits beside our headers and, when the original had
+        # headers of its own, the count of those left out (dlq.headers.dropped).
+        reserve = _DROPPED_RESERVE if letter.original else 0
+        if letter.key is not None and batch_bytes(letter.key, None, headers) + reserve <= limit:
             fit = fitting(letter.key, headers, letter.original, limit)
             return Letter(letter.key, None, headers, 1, letter.original, fit)
         letter = Letter(letter.key, None, headers, 1, letter.original)
