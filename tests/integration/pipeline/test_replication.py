@@ -329,7 +329,11 @@ def test_a_second_signal_exits_at_once_and_still_loses_nothing(
     service.proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     code = service.proc.wait(timeout=10)
-    assert code in (0, 128 + signal.SIGTERM), code
+    # 0: both signals handled as one (they came before the loop's next turn); 143: the
+    # second signal's exit; -15: the first stop was already done and the interpreter was
+    # tearing down (it puts the default handlers back), so the second killed it at once:
+    # the status a shell reports as 143 too. Each is "exits at once, loses nothing".
+    assert code in (0, 128 + signal.SIGTERM, -signal.SIGTERM), code
     assert time.monotonic() - started < 5
     service.start()
     try:
