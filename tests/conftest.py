@@ -2,14 +2,15 @@
 
 Integration tests (marked `pytest.mark.integration`) run against one real local stack per
 test session (`stack`: Kafka, S3 and Azure servers on free loopback ports, in a temporary
-folder), and each test works in names of its own (`fresh`), so tests never see each
-other's data.
+folder; `make test` runs two sessions at once, pytest-xdist's workers, each with its own),
+and each test works in names of its own (`fresh`), so tests never see each other's data.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from replicator.devtools.stack import (
     LocalStack,
     StackPorts,
 )
+from tests.support.faulttable import rows_of, table
 from tests.support.fresh import FreshNames, create_fresh
 
 FRESH_PARTITIONS = 3
@@ -107,3 +109,26 @@ def settings_factory(
         return Settings(**values)
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault matrix's table (tests/integration/pipeline/test_faults.py), from the rows its
+    tests put on their reports: printed where the whole session's results are, also when the
+    tests ran in pytest-xdist's workers."""
+    rows = [
+        row
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for row in rows_of(getattr(report, "user_properties", []))
+    ]
+    if not rows:
+        return
+    runs = max(r.runs for _, r in rows)
+    terminalreporter.write_sep("=", f"fault matrix ({runs} runs per fault)")
+    text = table(rows)
+    for line in text.splitlines():
+        terminalreporter.write_line(line)
+    target = os.environ.get("REPLICATOR_FAULTS_TABLE")
+    if target:
+        Path(target).write_text(text + "\n")

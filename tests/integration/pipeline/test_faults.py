@@ -6,7 +6,7 @@ stores and counts records lost, records doubled and objects that differ between 
     REPLICATOR_FAULTS_LONG=1 pytest tests/integration/pipeline/test_faults.py   # 6 runs, more load
     REPLICATOR_FAULTS_RUNS=10 ...                                 # any count
 
-A table (fault, runs, lost, doubled, divergent, conflicts) is printed at the end of the module
+A table (fault, runs, lost, doubled, divergent, conflicts) is printed at the end of the session
 (and written to $REPLICATOR_FAULTS_TABLE if set); every test fails unless its cells are all 0.
 
 How each fault is produced is written next to it in FAULTS below. The service always runs as a
@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from tests.support.checker import (
     s3_objects,
 )
 from tests.support.faultproxy import FaultProxy, Mode
+from tests.support.faulttable import PROPERTY, Row
 from tests.support.fresh import create_fresh
 from tests.support.produce import (
     Produced,
@@ -63,55 +64,6 @@ LONG = os.environ.get("REPLICATOR_FAULTS_LONG", "") == "1"
 RUNS = int(os.environ.get("REPLICATOR_FAULTS_RUNS", "6" if LONG else "2"))
 LOAD = 3 if LONG else 1  # workload multiplier
 CATCH_UP_S = 150.0
-
-
-# ---------------------------------------------------------------------- results table
-@dataclass
-class Row:
-    runs: int = 0
-    lost: int = 0
-    doubled: int = 0
-    divergent: int = 0
-    conflicts: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    def clean(self) -> bool:
-        return self.lost == self.doubled == self.divergent == self.conflicts == 0
-
-
-RESULTS: dict[str, Row] = {}
-
-
-def table() -> str:
-    head = f"{'fault':<34}{'runs':>5}{'lost':>7}{'doubled':>9}{'divergent':>11}"
-    head += f"{'conflicts':>11}{'seconds':>9}"
-    lines = [head, "-" * len(head)]
-    for name, row in RESULTS.items():
-        lines.append(
-            f"{name:<34}{row.runs:>5}{row.lost:>7}{row.doubled:>9}{row.divergent:>11}"
-            f"{row.conflicts:>11}{row.seconds:>9.1f}"
-        )
-    return "\n".join(lines)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_table(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if not RESULTS:
-        return
-    text = table()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():  # fd-level capture is on in teardown
-            reporter.write_line("")
-            reporter.write_sep("=", f"fault matrix ({RUNS} runs per fault)")
-            for line in text.splitlines():
-                reporter.write_line(line)
-    target = os.environ.get("REPLICATOR_FAULTS_TABLE")
-    if target:
-        Path(target).write_text(text + "\n")
 
 
 # ---------------------------------------------------------------------- the independent count
@@ -654,44 +606,49 @@ def test_fault_loses_doubles_and_diverges_nothing(
     stack: LocalStack,
     settings_factory: Callable[..., Settings],
     tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     base = settings_factory(chunk_max_records=100, flush_interval_s=0.5)
-    row = RESULTS.setdefault(fault, Row())
+    row = Row()
     rng = random.Random(f"{fault}/{RUNS}")
-    for index in range(RUNS):
-        started = time.monotonic()
-        names = create_fresh(stack, f"f{index}", partitions=PARTITIONS)
-        settings = base.model_copy(
-            update={
-                "topics": list(names.topics),
-                "schema_topics": dict(zip(names.topics, DEMO_TOPICS, strict=True)),
-                "dead_letter_topic": names.dead_letter_topic,
-                "group_id": names.group_id,
-                "s3_bucket": names.bucket,
-                "azure_container": names.container,
-            }
-        )
-        run_dir = tmp_path / f"run{index}"
-        run_dir.mkdir()
-        run = Run(stack, settings, run_dir, rng, index)
-        try:
-            produced, survivors = FAULTS[fault](run)
-            # the proxy faults really happened (requests met a delay, an error or a drop)
-            assert all(p.injected > 0 for p in run.proxies), [p.injected for p in run.proxies]
+    try:
+        for index in range(RUNS):
+            started = time.monotonic()
+            names = create_fresh(stack, f"f{index}", partitions=PARTITIONS)
+            settings = base.model_copy(
+                update={
+                    "topics": list(names.topics),
+                    "schema_topics": dict(zip(names.topics, DEMO_TOPICS, strict=True)),
+                    "dead_letter_topic": names.dead_letter_topic,
+                    "group_id": names.group_id,
+                    "s3_bucket": names.bucket,
+                    "azure_container": names.container,
+                }
+            )
+            run_dir = tmp_path / f"run{index}"
+            run_dir.mkdir()
+            run = Run(stack, settings, run_dir, rng, index)
             try:
-                run.finish(produced, survivors)
-            except AssertionError as exc:
-                row.notes.append(f"run {index}: {str(exc)[:300]}")
-        finally:
-            run.close()
-        got = count(run, produced)
-        row.runs += 1
-        row.lost += got.lost
-        row.doubled += got.doubled
-        row.divergent += got.divergent
-        row.conflicts += run.conflicts()
-        row.seconds += time.monotonic() - started
-        assert produced.total > 0
-        problems = "; ".join(run.problems)
-        assert not problems, f"{fault}, run {index}: {problems}"
+                produced, survivors = FAULTS[fault](run)
+                # the proxy faults really happened (requests met a delay, an error or a drop)
+                assert all(p.injected > 0 for p in run.proxies), [p.injected for p in run.proxies]
+                try:
+                    run.finish(produced, survivors)
+                except AssertionError as exc:
+                    row.notes.append(f"run {index}: {str(exc)[:300]}")
+            finally:
+                run.close()
+            got = count(run, produced)
+            row.runs += 1
+            row.lost += got.lost
+            row.doubled += got.doubled
+            row.divergent += got.divergent
+            row.conflicts += run.conflicts()
+            row.seconds += time.monotonic() - started
+            assert produced.total > 0
+            problems = "; ".join(run.problems)
+            assert not problems, f"{fault}, run {index}: {problems}"
+    finally:
+        # on the report, for the table printed at the end of the session (tests/conftest.py)
+        record_property(PROPERTY, row.as_property(fault))
     assert row.clean(), f"{fault}: {row}\n" + "\n".join(row.notes)
