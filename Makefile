@@ -87,11 +87,17 @@ $(RCLONE_STAMP): $(if $(shell command -v rclone 2>/dev/null),,FORCE) | $(PY)
 sync-chart-files:
 	cp monitoring/alerts.rules.yml monitoring/grafana-dashboard.json helm/replicator/files/
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each with a local stack of its own
+# (tests/conftest.py): most integration tests wait on timers (group joins, flush intervals,
+# faults) more than they use a core, so two processes on two cores finish sooner. `worksteal`
+# hands a finished worker half of the other's remaining tests. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 demo: setup
 	$(PY) -m replicator demo
