@@ -24,7 +24,7 @@ workload over both topics with the project's own schemas, then measures:
   cost of a fetch may grow with the log's length, which the first million does not show.
 
 With `--baseline-src DIR` (another checkout, e.g. `git worktree add DIR <commit>`, its C
-extension built), that checkout's service runs the end-to-end row too, just before this
+extension built), that checkout's service runs the end-to-end (and --day) rows too, just before this
 one's, on the same workload; `--rounds N` repeats the pair, before and after taking turns:
 the before/after of a change in one run (compare CPU/rec, which moves least).
 
@@ -652,15 +652,24 @@ def main() -> None:
             settings = base.model_copy(
                 update={"group_id": "bench-day", "s3_prefix": "day", "azure_prefix": "day"}
             )
-            day_rows = end_to_end(
-                settings,
-                log_dir,
-                day_ends,
-                day_total,
-                value_mb * day_total / total,
-                1,
-                f"day of SNDS ({day_total / 1e6:.0f} M backlog)",
-            )
+            day_rows: list[Row] = []
+            for label, source in variants:
+                # with --baseline-src, the other checkout's service first ("before"), each
+                # in groups and prefixes of its own
+                tag = "day" if source is None else f"day-{label}"
+                day_rows += end_to_end(
+                    settings.model_copy(
+                        update={"group_id": f"bench-{tag}", "s3_prefix": tag, "azure_prefix": tag}
+                    ),
+                    log_dir,
+                    day_ends,
+                    day_total,
+                    value_mb * day_total / total,
+                    1,
+                    f"day of SNDS ({day_total / 1e6:.0f} M)"
+                    + (f" ({label})" if args.baseline_src is not None else ""),
+                    source,
+                )
             for row in day_rows:
                 row.day = True
             rows.append(
