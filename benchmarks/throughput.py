@@ -19,9 +19,12 @@ workload over both topics with the project's own schemas, then measures:
 
 - day of SNDS (`--day`, off by default: it adds a few minutes): a backlog of 5,000,000
   records (the workload topped up) replicated end to end by a new group, as after a day down.
+  Its rows are also compared with raw passes over the whole day backlog (two passes of a
+  bare consumer reading all 5,000,000, same method as the first ones): the local broker's
+  cost of a fetch may grow with the log's length, which the first million does not show.
 
 With `--baseline-src DIR` (another checkout, e.g. `git worktree add DIR <commit>`, its C
-extension built), that checkout's service runs the end-to-end row too, just before this
+extension built), that checkout's service runs the end-to-end (and --day) rows too, just before this
 one's, on the same workload; `--rounds N` repeats the pair, before and after taking turns:
 the before/after of a change in one run (compare CPU/rec, which moves least).
 
@@ -74,6 +77,7 @@ class Row:
     peak_rss_mib: float | None = None
     note: str = ""
     cpu_s: float | None = None  # CPU seconds of the service and its decode workers
+    day: bool = False  # a row of the day of SNDS (also compared with the day's raw passes)
 
 
 # The catch-up row also changes these, so that the stopped store is seen down and back
@@ -411,6 +415,7 @@ def main() -> None:
 
     overrides = parse_overrides(parser, args.set)
     rows: list[Row] = []
+    day_raw: tuple[float, float] | None = None  # (best, worst) raw rate over the day backlog
     # The stack's folder holds about 1 GB for a million records: deleted after a good run.
     with bench_stack("bench", args.partitions, args.keep) as bench:
         stack, root = bench.stack, bench.root
@@ -636,20 +641,47 @@ def main() -> None:
             for tp, end in day_report.end_offsets.items():
                 day_ends[tp] = max(day_ends.get(tp, 0), end)
             day_total = total + day_report.delivered
+            day_passes = [raw_consume(base, day_ends) for _ in range(2)]
+            for i, seconds in enumerate(day_passes, 1):
+                print(
+                    f"raw consume, whole day backlog, pass {i}: {day_total / seconds:,.0f} "
+                    "records/s",
+                    flush=True,
+                )
+            day_raw = (day_total / min(day_passes), day_total / max(day_passes))
             settings = base.model_copy(
                 update={"group_id": "bench-day", "s3_prefix": "day", "azure_prefix": "day"}
             )
-            rows.extend(
-                end_to_end(
-                    settings,
+            day_rows: list[Row] = []
+            for label, source in variants:
+                # with --baseline-src, the other checkout's service first ("before"), each
+                # in groups and prefixes of its own
+                tag = "day" if source is None else f"day-{label}"
+                day_rows += end_to_end(
+                    settings.model_copy(
+                        update={"group_id": f"bench-{tag}", "s3_prefix": tag, "azure_prefix": tag}
+                    ),
                     log_dir,
                     day_ends,
                     day_total,
                     value_mb * day_total / total,
                     1,
-                    f"day of SNDS ({day_total / 1e6:.0f} M backlog)",
+                    f"day of SNDS ({day_total / 1e6:.0f} M)"
+                    + (f" ({label})" if args.baseline_src is not None else ""),
+                    source,
+                )
+            for row in day_rows:
+                row.day = True
+            rows.append(
+                Row(
+                    f"raw consume, day backlog, best of {len(day_passes)}",
+                    min(day_passes),
+                    day_total,
+                    value_mb * day_total / total,
+                    day=True,
                 )
             )
+            rows.extend(day_rows)
 
     print()
     print(
@@ -662,25 +694,43 @@ def main() -> None:
         + ", ".join(f"{total / seconds:,.0f}" for seconds in passes)
         + f" records/s (best {raw_rate:,.0f}, median {raw_median:,.0f})"
     )
+    bound = memory_bound_mib(base, 2 * args.partitions)
     print(
         f"{'measure':<44} {'seconds':>8} {'records/s':>11} {'MB/s':>7} {'x best':>7} "
-        f"{'x median':>8} {'peak RSS':>9} {'CPU/rec':>8}"
+        f"{'x median':>8} {'peak RSS / bound':>20} {'CPU/rec':>8}"
     )
     for row in rows:
         rate = row.records / row.seconds
-        rss_text = f"{row.peak_rss_mib:.0f} MiB" if row.peak_rss_mib else ""
+        rss_text = (
+            f"{row.peak_rss_mib:.0f} / {bound:.0f} MiB {'ok' if row.peak_rss_mib <= bound else 'OVER'}"
+            if row.peak_rss_mib
+            else ""
+        )
         cpu_text = f"{row.cpu_s / row.records * 1e6:.1f} us" if row.cpu_s else ""
         print(
             f"{row.name:<44} {row.seconds:8.2f} {rate:11,.0f} {row.megabytes / row.seconds:7.1f} "
-            f"{rate / raw_rate:7.3f} {rate / raw_median:8.3f} {rss_text:>9} {cpu_text:>8}  "
+            f"{rate / raw_rate:7.3f} {rate / raw_median:8.3f} {rss_text:>20} {cpu_text:>8}  "
             f"{row.note}"
         )
+    if day_raw is not None:
+        # The day rows against raw passes over the same 5,000,000 records (the columns above
+        # compare them with the first million's passes).
+        print(
+            f"day of SNDS against the raw passes over the whole day backlog (best "
+            f"{day_raw[0]:,.0f}, slower {day_raw[1]:,.0f} records/s):"
+        )
+        for row in rows:
+            if row.day and not row.name.startswith("raw"):
+                rate = row.records / row.seconds
+                print(
+                    f"  {row.name:<42} x day best {rate / day_raw[0]:6.3f}   "
+                    f"x day slower {rate / day_raw[1]:6.3f}"
+                )
     print("MB/s: megabytes of Kafka values (as produced, 5-byte header included) per second")
     print(
         "CPU/rec: CPU seconds of the service and its decode workers per record (all cores), "
         "the figure that moves least on a noisy machine"
     )
-    bound = memory_bound_mib(base, 2 * args.partitions)
     print(
         f"memory bound (docs/performance.md, {2 * args.partitions} partitions, these settings): "
         f"{bound:.0f} MiB; "

@@ -68,7 +68,7 @@ OWNED: dict[str, str] = {
     "sasl.password": _setting("REPLICATOR_KAFKA_SASL_PASSWORD"),
     "ssl.ca.location": _setting("REPLICATOR_KAFKA_SSL_CA_LOCATION"),
     "session.timeout.ms": _setting("REPLICATOR_SESSION_TIMEOUT_MS"),
-    "heartbeat.interval.ms": "derived from REPLICATOR_SESSION_TIMEOUT_MS (a fifth of it)",
+    "heartbeat.interval.ms": "derived from REPLICATOR_SESSION_TIMEOUT_MS (3 s, at most a third of it)",
     "queued.max.messages.kbytes": _setting("REPLICATOR_FETCH_BUFFER_KBYTES"),
     "statistics.interval.ms": _setting("REPLICATOR_KAFKA_STATISTICS_INTERVAL_MS"),
     "group.id": _GROUPS,

@@ -513,6 +513,18 @@ class DeadLetterWriter:
         self._produce(seq)
         self._send_refused()
 
+    def mark(self) -> int:
+        """The sequence number of the last record given (0: none yet), for
+        `delivered_through`."""
+        return self._next
+
+    def delivered_through(self, mark: int) -> bool:
+        """Serve the delivery reports waiting, without waiting for any; True when every
+        record given up to `mark` is acknowledged. A record that failed or was refused stays
+        pending: only `flush` sends it again."""
+        self._poll(0)
+        return not self._pending or min(self._pending) > mark
+
     @property
     def undelivered(self) -> int:
         """Records given but not acknowledged yet."""

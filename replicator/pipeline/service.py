@@ -84,6 +84,17 @@ from replicator.telemetry.metrics import Metrics
 log = logging.getLogger("replicator.pipeline")
 
 
+# librdkafka's default heartbeat interval. Each heartbeat is a request the broker serves
+# every interval for as long as the service runs (a shared broker's cost per second).
+DEFAULT_HEARTBEAT_MS = 3000
+
+
+def heartbeat_interval_ms(session_timeout_ms: int) -> int:
+    """librdkafka's default (3 s), at most a third of the session timeout (Kafka's rule:
+    a member misses two heartbeats before its session ends), at least 500 ms."""
+    return max(min(DEFAULT_HEARTBEAT_MS, session_timeout_ms // 3), 500)
+
+
 def live_consumer_config(settings: Settings) -> dict[str, Any]:
     """The live consumer's settings (the group member that owns partitions).
 
@@ -100,7 +111,7 @@ def live_consumer_config(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": settings.session_timeout_ms,
         "queued.max.messages.kbytes": settings.fetch_buffer_kbytes,
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-        "heartbeat.interval.ms": max(settings.session_timeout_ms // 5, 500),
+        "heartbeat.interval.ms": heartbeat_interval_ms(settings.session_timeout_ms),
         "partition.assignment.strategy": "range",
         "enable.partition.eof": False,
         "client.id": settings.client_id(f"replicator-{__version__}"),

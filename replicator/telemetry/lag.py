@@ -3,7 +3,9 @@
 The service loop knows where it stands in memory; an SRE needs to know what is *in each
 store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
 
-- the partitions of every replicated topic (metadata);
+- the partitions of every replicated topic (metadata), every `OLDEST_REFRESH_INTERVALS`
+  checks and after a check failed (partitions are added rarely; a new one is seen within
+  that many intervals);
 - the high watermark of each partition (one ListOffsets request per broker), and its low
   watermark every few checks (it moves only with retention);
 - each store's committed offsets (its progress group `<group_id>.<store>`, read with
@@ -142,6 +144,8 @@ class LagMonitor:
         self._lows_read_at: float | None = None
         self._lows_due: set[TP] = set()  # a read found the position out of range
         self._exported: set[TP] = set()
+        self._tps: list[TP] | None = None  # the replicated partitions, from metadata
+        self._tps_read_at = 0.0
         self._failing = False
         self.last: LagSnapshot | None = None
         self.broker_ok = False  # the last check reached the broker
@@ -209,6 +213,7 @@ class LagMonitor:
             # not stop lag reporting for good either: both are counted, logged once per
             # streak, and tried again at the next interval.
             self.broker_ok = False
+            self._tps = None  # the partitions are read again (one may have gone)
             self.metrics.lag_errors.inc()
             if not self._failing:
                 log.warning(
@@ -336,6 +341,17 @@ class LagMonitor:
         return out
 
     def _partitions(self, reader: Consumer) -> list[TP]:
+        """The replicated topics' partitions: read from metadata every
+        `OLDEST_REFRESH_INTERVALS` checks (a metadata request at each check was one of the
+        requests a lag check asked of the broker every interval), and after a failed check."""
+        now = time.monotonic()
+        refresh_s = self.settings.lag_interval_s * OLDEST_REFRESH_INTERVALS
+        if self._tps is None or now - self._tps_read_at >= refresh_s:
+            self._tps = self._read_partitions(reader)
+            self._tps_read_at = now
+        return self._tps
+
+    def _read_partitions(self, reader: Consumer) -> list[TP]:
         metadata = reader.list_topics(timeout=self._timeout)
         tps: list[TP] = []
         for topic in self.settings.topics:

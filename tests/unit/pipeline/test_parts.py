@@ -8,6 +8,8 @@ from typing import cast
 
 import pytest
 from confluent_kafka import KafkaException
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from replicator.chunking import ChunkRules, CutPlan, PartitionChunker
@@ -16,7 +18,7 @@ from replicator.kafka.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.kafka.progress import ProgressLog
 from replicator.model import TP
 from replicator.pipeline.backpressure import HOLD_BEFORE_PAUSE_S, BackPressure
-from replicator.pipeline.checkpoint import Checkpoint
+from replicator.pipeline.checkpoint import DLQ_WAIT_S, Checkpoint
 from replicator.pipeline.daemonpool import DaemonPool
 from replicator.pipeline.state import Lane, LaneMode, PartitionState, ServiceState
 from replicator.schemas import SchemaRegistry
@@ -157,7 +159,7 @@ def test_dead_letters_are_flushed_before_any_commit() -> None:
     s = state()
     progress = _with_positions(s, log)
     s.dlq, s.dlq_dirty = cast(DeadLetterWriter, DeadLetters(log, fails=False)), True
-    Checkpoint(s).commit()
+    Checkpoint(s).commit(force=True)
     assert log == ["flush dead letters", "commit s3", "commit azure"]
     assert not s.dlq_dirty
     # only what moved since the last commit
@@ -170,7 +172,7 @@ def test_no_commit_passes_a_dead_letter_not_acknowledged() -> None:
     s = state()
     _with_positions(s, log)
     s.dlq, s.dlq_dirty = cast(DeadLetterWriter, DeadLetters(log, fails=True)), True
-    Checkpoint(s).commit()
+    Checkpoint(s).commit(force=True)
     assert log == ["flush dead letters"]
     assert s.dlq_dirty
     assert all(lane.committed[TPS[1]] == 0 for lane in s.lanes)
@@ -184,3 +186,121 @@ def test_a_refused_commit_leaves_that_store_uncommitted_and_the_other_goes_on() 
     assert log == ["commit s3", "commit azure"]
     s3, azure = s.lanes
     assert s3.committed[TPS[1]] == 0 and azure.committed[TPS[1]] == 5
+
+
+# --- checkpoint: commits that do not wait for the dead letters in flight -----------------
+
+
+TP_OFFSET = tuple[TP, int]
+
+
+class Letters:
+    """A dead-letter writer whose acknowledgements the test gives: letter `seq` is for the
+    record at `offsets[seq]`; `flush` acknowledges all (or fails)."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[int, TP_OFFSET] = {}
+        self.pending: set[int] = set()
+        self.flush_fails = False
+        self.flushes = 0
+
+    def give(self, tp: TP, offset: int) -> None:
+        seq = len(self.offsets) + 1
+        self.offsets[seq] = (tp, offset)
+        self.pending.add(seq)
+
+    def mark(self) -> int:
+        return len(self.offsets)
+
+    def delivered_through(self, mark: int) -> bool:
+        return not any(seq <= mark for seq in self.pending)
+
+    @property
+    def undelivered(self) -> int:
+        return len(self.pending)
+
+    def flush(self, timeout: float) -> None:
+        self.flushes += 1
+        if self.flush_fails:
+            raise DeadLetterError("not acknowledged")
+        self.pending.clear()
+
+
+# one step: (kind, partition, amount): read `amount` records of a partition (the last one
+# bad: dead-lettered), acknowledge the letters given so far but the last `amount`, let
+# `amount` tenths of a second pass and commit (forced when amount is 9)
+STEPS = st.lists(
+    st.tuples(st.sampled_from(["read", "ack", "commit"]), st.integers(0, 1), st.integers(0, 9)),
+    max_size=40,
+)
+
+
+@given(STEPS, st.booleans())
+def test_no_commit_passes_an_unacknowledged_dead_letter_and_all_is_committed_in_the_end(
+    steps: list[tuple[str, int, int]], flush_fails: bool
+) -> None:
+    clock = [100.0]
+    s = state()
+    letters = Letters()
+    letters.flush_fails = flush_fails
+    s.dlq = cast(DeadLetterWriter, letters)
+    for lane in s.lanes:
+        lane.progress = cast(ProgressLog, Progress([], lane.name))
+        lane.positions = {tp: 0 for tp in TPS}
+        lane.committed = {}
+    checkpoint = Checkpoint(s)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("replicator.pipeline.checkpoint.time.monotonic", lambda: clock[0])
+        for kind, partition, amount in steps:
+            tp = TPS[partition]
+            if kind == "read" and amount:
+                bad = s.lanes[0].positions[tp] + amount - 1
+                letters.give(tp, bad)  # judged before the chunk holding it is stored
+                s.dlq_dirty = True
+                for lane in s.lanes:
+                    lane.positions[tp] += amount
+            elif kind == "ack":
+                for seq in sorted(letters.pending)[: max(len(letters.pending) - amount, 0)]:
+                    letters.pending.discard(seq)
+            elif kind == "commit":
+                clock[0] += amount / 10
+                checkpoint.commit(force=amount == 9)
+            # a committed offset c says every record below c is done: no letter of one of
+            # them may still be waiting for its acknowledgement
+            waiting = [letters.offsets[seq] for seq in letters.pending]
+            for lane in s.lanes:
+                for wtp, offset in waiting:
+                    assert lane.committed.get(wtp, 0) <= offset, (lane.name, wtp, offset)
+        # everything acknowledged: two regular commits later, every position is committed
+        letters.pending.clear()
+        for _ in range(2):
+            clock[0] += 1
+            checkpoint.commit()
+    for lane in s.lanes:
+        assert {tp: lane.committed.get(tp, 0) for tp in TPS} == lane.positions
+    assert not s.dlq_dirty
+
+
+def test_a_regular_commit_waits_for_no_dead_letter_and_flushes_only_after_dlq_wait() -> None:
+    clock = [100.0]
+    s = state()
+    letters = Letters()
+    s.dlq = cast(DeadLetterWriter, letters)
+    for lane in s.lanes:
+        lane.progress = cast(ProgressLog, Progress([], lane.name))
+        lane.positions = {TPS[0]: 10, TPS[1]: 0}
+        lane.committed = {}
+    letters.give(TPS[0], 4)
+    s.dlq_dirty = True
+    checkpoint = Checkpoint(s)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("replicator.pipeline.checkpoint.time.monotonic", lambda: clock[0])
+        checkpoint.commit()  # positions taken, nothing committed, no flush
+        assert letters.flushes == 0 and s.lanes[0].committed == {}
+        clock[0] += DLQ_WAIT_S - 0.1
+        checkpoint.commit()  # still in flight: still waiting, still no flush
+        assert letters.flushes == 0 and s.lanes[0].committed == {}
+        clock[0] += 0.1
+        checkpoint.commit()  # DLQ_WAIT_S passed: flush, then the current positions
+        assert letters.flushes == 1
+        assert s.lanes[0].committed == {TPS[0]: 10, TPS[1]: 0}

@@ -120,3 +120,48 @@ def test_low_watermarks_are_read_when_new_stale_or_passed_by_retention(
     m._lows.update(known)
     m._lows_due.update(due)
     assert m._lows_wanted([TP0, TP1, TP2], refresh) == wanted
+
+
+class _Meta:
+    def __init__(self, partitions: int) -> None:
+        self.error = None
+        self.partitions = {p: None for p in range(partitions)}
+
+
+class _Metadata:
+    def __init__(self, partitions: int) -> None:
+        self.topics = {"t": _Meta(partitions)}
+
+
+class _Reader:
+    """Answers list_topics with the topic's current partition count; counts the requests."""
+
+    def __init__(self) -> None:
+        self.partitions = 2
+        self.requests = 0
+
+    def list_topics(self, timeout: float) -> _Metadata:
+        self.requests += 1
+        return _Metadata(self.partitions)
+
+
+@pytest.mark.parametrize("checks", range(1, 3 * OLDEST_REFRESH_INTERVALS + 2))
+def test_partitions_are_read_from_metadata_every_refresh_and_after_a_failed_check(
+    checks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = itertools.count(0.0, INTERVAL)  # one check per interval
+    monkeypatch.setattr("replicator.telemetry.lag.time.monotonic", lambda: next(clock))
+    m = monitor(None, None, 0.0)
+    reader = _Reader()
+    for i in range(checks):
+        if i == 1:
+            reader.partitions = 3  # a partition added after the first check
+        got = m._partitions(reader)  # type: ignore[arg-type]
+    # one request at the first check, then one every OLDEST_REFRESH_INTERVALS checks
+    assert reader.requests == 1 + (checks - 1) // OLDEST_REFRESH_INTERVALS
+    seen_new = checks > OLDEST_REFRESH_INTERVALS
+    assert got == [("t", 0), ("t", 1), *([("t", 2)] if seen_new else [])]
+    reader.partitions = 3
+    m._tps = None  # what a failed check does (check_safely): the next check reads again
+    assert m._partitions(reader) == [("t", 0), ("t", 1), ("t", 2)]  # type: ignore[arg-type]
+    assert reader.requests == 2 + (checks - 1) // OLDEST_REFRESH_INTERVALS
