@@ -73,7 +73,9 @@ class Checkpoint:
             if not force and (taken is None or now - taken.at < DLQ_WAIT_S):
                 if taken is None or not dlq.delivered_through(taken.mark):
                     self._taken = taken or self._take(dlq, now)
-                    self.metrics.dead_letter_undelivered.set(dlq.undelivered)
+                    # In flight for less than DLQ_WAIT_S is not "undelivered": the gauge (and
+                    # its alert) moves only with a flush's outcome, else a steady trickle of
+                    # bad records would keep it above 0 at every commit.
                     return  # nothing committed before its dead letters are acknowledged
                 if taken.mark == dlq.mark():
                     self._settled(dlq)  # none given since: the current positions may go

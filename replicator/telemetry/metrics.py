@@ -111,8 +111,9 @@ class Metrics:
         )
         self.dead_letter_undelivered = Gauge(
             "replicator_dead_letter_undelivered_records",
-            "Dead letters not acknowledged by the dead-letter topic at the last commit; while "
-            "above 0 no store's progress is committed (nothing is lost, the partitions wait)",
+            "Dead letters the dead-letter topic had not acknowledged when a commit last waited "
+            "for them (after 5 s in flight, or at a revoke or stop); while above 0 no store's "
+            "progress is committed (nothing is lost, the partitions wait)",
             registry=r,
         )
         self.dead_letter_max_bytes = Gauge(

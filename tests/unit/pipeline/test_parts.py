@@ -203,6 +203,7 @@ class Letters:
         self.pending: set[int] = set()
         self.flush_fails = False
         self.flushes = 0
+        self.flushes_failed = 0
 
     def give(self, tp: TP, offset: int) -> None:
         seq = len(self.offsets) + 1
@@ -222,8 +223,15 @@ class Letters:
     def flush(self, timeout: float) -> None:
         self.flushes += 1
         if self.flush_fails:
+            self.flushes_failed += 1
             raise DeadLetterError("not acknowledged")
         self.pending.clear()
+
+
+def undelivered_gauge(s: ServiceState) -> float:
+    value = s.metrics.registry.get_sample_value("replicator_dead_letter_undelivered_records")
+    assert value is not None
+    return value
 
 
 # one step: (kind, partition, amount): read `amount` records of a partition (the last one
@@ -271,6 +279,10 @@ def test_no_commit_passes_an_unacknowledged_dead_letter_and_all_is_committed_in_
             for lane in s.lanes:
                 for wtp, offset in waiting:
                     assert lane.committed.get(wtp, 0) <= offset, (lane.name, wtp, offset)
+            # letters merely in flight are not "undelivered" (its alert pages): only a
+            # flush that failed sets the gauge
+            if letters.flushes_failed == 0:
+                assert undelivered_gauge(s) == 0
         # everything acknowledged: two regular commits later, every position is committed
         letters.pending.clear()
         for _ in range(2):
