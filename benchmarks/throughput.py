@@ -64,6 +64,7 @@ from replicator.config import Settings
 from replicator.devtools.produce import ProduceReport, produce
 from replicator.devtools.stack import DEMO_TOPICS, LocalStack
 from replicator.model import TP
+from replicator.pipeline.state import consumer_fetch_config
 from replicator.schemas import SchemaRegistry
 from tests.support.service import Progress, Service, settings_env
 
@@ -193,9 +194,6 @@ def steady_rate(
 # measured with tracemalloc over the benchmark's workload: about 230 bytes).
 RECORD_OVERHEAD = 240
 PROCESS_BASE_MIB = 100  # interpreter, libraries, the extension, the clients, before any record
-# librdkafka's defaults: max.partition.fetch.bytes and fetch.max.bytes
-PARTITION_FETCH_BYTES = 1 << 20
-FETCH_MAX_BYTES = 52_428_800
 
 
 def memory_bound_mib(settings: Settings, partitions: int, body_bytes: float = 200.0) -> float:
@@ -212,7 +210,8 @@ def memory_bound_mib(settings: Settings, partitions: int, body_bytes: float = 20
       encoded."""
     per_record = 1 + RECORD_OVERHEAD / body_bytes
     chunk = min(settings.chunk_max_bytes, settings.chunk_max_records * body_bytes) * per_record
-    fetch = min(FETCH_MAX_BYTES, partitions * PARTITION_FETCH_BYTES)
+    conf = consumer_fetch_config(settings.fetch_buffer_kbytes)  # the service's own
+    fetch = min(conf["fetch.max.bytes"], partitions * conf["max.partition.fetch.bytes"])
     consumers = 1 + len(settings.stores)
     queues = consumers * (settings.fetch_buffer_kbytes * 1024 + fetch)
     open_chunks = 2 * partitions * chunk

@@ -103,6 +103,7 @@ OWNED: dict[str, str] = {
     "fetch.wait.max.ms": _PER_CLIENT,
     "fetch.queue.backoff.ms": _PER_CLIENT,
     "max.partition.fetch.bytes": _PER_CLIENT,
+    "fetch.max.bytes": _PER_CLIENT,
     "logger": _CALLBACK,
 }
 _CALLBACK_NAME = re.compile(r".*_cb|on_.*")

@@ -28,7 +28,6 @@ from replicator.pipeline.intake import Intake
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.partitions import reconcile_orphans
 from replicator.pipeline.state import (
-    FETCH_QUEUE_BACKOFF_MS,
     CatchUp,
     ChunkJob,
     CopyFailed,
@@ -36,6 +35,7 @@ from replicator.pipeline.state import (
     LaneMode,
     ServiceState,
     Stopping,
+    consumer_fetch_config,
     coords,
     log,
 )
@@ -106,8 +106,7 @@ class CatchUps:
             {
                 **self.kafka_conf,
                 "group.id": f"{self.settings.group_id}.{lane.name}.catchup",
-                "queued.max.messages.kbytes": self.settings.fetch_buffer_kbytes,
-                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+                **consumer_fetch_config(self.settings.fetch_buffer_kbytes),
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": False,

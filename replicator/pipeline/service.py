@@ -69,12 +69,12 @@ from replicator.pipeline.intake import Intake
 from replicator.pipeline.lanes import Lanes
 from replicator.pipeline.partitions import Partitions
 from replicator.pipeline.state import (
-    FETCH_QUEUE_BACKOFF_MS,
     Lane,
     LaneMode,
     RunStats,
     ServiceState,
     Stopping,
+    consumer_fetch_config,
 )
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
@@ -109,8 +109,7 @@ def live_consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.session_timeout_ms,
-        "queued.max.messages.kbytes": settings.fetch_buffer_kbytes,
-        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        **consumer_fetch_config(settings.fetch_buffer_kbytes),
         "heartbeat.interval.ms": heartbeat_interval_ms(settings.session_timeout_ms),
         "partition.assignment.strategy": "range",
         "enable.partition.eof": False,

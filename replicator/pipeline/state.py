@@ -36,6 +36,27 @@ log = logging.getLogger("replicator.pipeline")  # every part logs under the serv
 # than that then waits for records with nothing to do (measured: about 0.7 s of every second
 # idle, docs/performance.md). 20 ms keeps the queue fed at the cost of a few more wake-ups.
 FETCH_QUEUE_BACKOFF_MS = 20
+# Each fetch may bring up to this much of one partition (librdkafka's default is 1 MiB).
+# Every fetch request costs the broker a look-up per partition at the position asked: a
+# consumer paced like the service cost the local broker 17 % less CPU per record with 2 MiB
+# (benchmarks/fetch_settings.py; docs/performance.md, "Ninth session"). Larger, within the
+# same fetch.max.bytes, cost throughput: a response then held a few partitions, not all.
+# A response stays within fetch.max.bytes (librdkafka's default, 50 MiB), which the memory
+# bound counts past the queue (fetch_buffer_kbytes).
+PARTITION_FETCH_BYTES = 2 << 20
+FETCH_MAX_BYTES = 52_428_800  # librdkafka's default fetch.max.bytes
+
+
+def consumer_fetch_config(fetch_buffer_kbytes: int) -> dict[str, int]:
+    """The fetch settings of the consumers that read records to store (live and catch-up)."""
+    return {
+        "queued.max.messages.kbytes": fetch_buffer_kbytes,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
+        "fetch.max.bytes": FETCH_MAX_BYTES,
+    }
+
+
 # How often the loop, waiting for a store call of its own (a listing, a probe), looks whether
 # a stop was asked for: a store that never answers must not hold a SIGTERM.
 STOP_POLL_S = 0.05
