@@ -27,28 +27,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchstack import bench_stack
 
+from replicator.config import Settings
 from replicator.devtools.produce import produce
 from replicator.devtools.stack import DEMO_TOPICS
-from replicator.pipeline.state import FETCH_QUEUE_BACKOFF_MS
+from replicator.pipeline.state import FETCH_QUEUE_BACKOFF_MS, consumer_fetch_config
 from replicator.schemas import SchemaRegistry
 
 MIB = 1 << 20
-# the service's live consumer (pipeline/service.py), at the default fetch_buffer_kbytes
-SERVICE = {"queued.max.messages.kbytes": 16_384, "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
+# the service's queue settings at the default fetch_buffer_kbytes, with librdkafka's fetch
+# sizes (1 MiB a partition): the live consumer until the ninth session
+SERVICE = {
+    "queued.max.messages.kbytes": Settings.model_fields["fetch_buffer_kbytes"].default,
+    "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+}
+SHIPPED = consumer_fetch_config(SERVICE["queued.max.messages.kbytes"])  # pipeline/state.py
 
 # name -> (consumer settings on top of the stack's, paced)
 VARIANTS: dict[str, tuple[dict[str, int], bool]] = {
     "librdkafka defaults, full speed": ({}, False),
     "librdkafka defaults": ({}, True),
-    "the service's": (SERVICE, True),
-    "the service's, 2 MiB a partition": ({**SERVICE, "max.partition.fetch.bytes": 2 * MIB}, True),
-    "the service's, 4 MiB a partition": ({**SERVICE, "max.partition.fetch.bytes": 4 * MIB}, True),
-    "the service's, 8 MiB a partition, 16 MiB a fetch": (
+    "the service's queue, 1 MiB a partition": (SERVICE, True),
+    "the service's as shipped (2 MiB a partition)": (SHIPPED, True),
+    "the service's queue, 4 MiB a partition": (
+        {**SERVICE, "max.partition.fetch.bytes": 4 * MIB},
+        True,
+    ),
+    "the service's queue, 8 MiB a partition, 16 MiB a fetch": (
         {**SERVICE, "max.partition.fetch.bytes": 8 * MIB, "fetch.max.bytes": 16 * MIB},
         True,
     ),
-    "the service's, backoff 500 ms": ({**SERVICE, "fetch.queue.backoff.ms": 500}, True),
-    "the service's, 64 MiB queue": ({**SERVICE, "queued.max.messages.kbytes": 65_536}, True),
+    "the service's queue, backoff 500 ms": ({**SERVICE, "fetch.queue.backoff.ms": 500}, True),
+    "a 64 MiB queue, backoff 20 ms": ({**SERVICE, "queued.max.messages.kbytes": 65_536}, True),
 }
 
 
@@ -104,13 +113,13 @@ def main() -> None:
                 cpu = broker_cpu(broker) - before
                 consumer.close()
                 lines.append(
-                    f"{round_:>5} {name:<50} {seconds:7.1f} {cpu:9.2f} {cpu / total * 1e6:10.2f}"
+                    f"{round_:>5} {name:<56} {seconds:7.1f} {cpu:9.2f} {cpu / total * 1e6:10.2f}"
                 )
                 print(lines[-1], flush=True)
     print()
     print(f"{total:,} records; paced: at most {args.pace:,.0f} records/s")
     print(
-        f"{'round':>5} {'consumer settings':<50} {'seconds':>7} {'broker s':>9} {'us/record':>10}"
+        f"{'round':>5} {'consumer settings':<56} {'seconds':>7} {'broker s':>9} {'us/record':>10}"
     )
     for line in lines:
         print(line)

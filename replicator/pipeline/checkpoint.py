@@ -57,7 +57,7 @@ class Checkpoint:
     def _take(self, dlq: DeadLetterWriter, now: float) -> Taken:
         return Taken(dlq.mark(), {ln.name: dict(ln.positions) for ln in self.lanes}, now)
 
-    def _settled(self, dlq: DeadLetterWriter) -> None:
+    def _settled(self) -> None:
         self._taken = None
         self.state.dlq_dirty = False
         self.state.dlq_error = ""
@@ -78,7 +78,7 @@ class Checkpoint:
                     # bad records would keep it above 0 at every commit.
                     return  # nothing committed before its dead letters are acknowledged
                 if taken.mark == dlq.mark():
-                    self._settled(dlq)  # none given since: the current positions may go
+                    self._settled()  # none given since: the current positions may go
                 else:
                     taken_positions = taken.positions
                     self._taken = self._take(dlq, now)
@@ -101,7 +101,7 @@ class Checkpoint:
                 extra=fields(error=str(exc), kept=dlq.undelivered),
             )
             return
-        self._settled(dlq)
+        self._settled()
 
     def _commit_lanes(self, taken: dict[str, dict[TP, int]] | None) -> None:
         """Commit each lane's positions (`taken`: those taken earlier, for the partitions

@@ -10,7 +10,6 @@ import logging
 import pytest
 from pydantic import SecretStr
 
-from replicator.config import Settings
 from replicator.logs import (
     MASK,
     HumanFormatter,
@@ -20,6 +19,7 @@ from replicator.logs import (
     register_secrets,
     secrets_of,
 )
+from tests.support.settings import offline_settings
 
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsu=="  # a test value
 SECRET = "s3-secret-for-the-log-test"  # a test value
@@ -107,15 +107,10 @@ def test_a_credential_inside_an_exception_message_is_masked(
 
 
 def test_a_configured_secret_is_masked_wherever_it_appears() -> None:
-    settings = Settings(
-        kafka_bootstrap="127.0.0.1:9",
-        topics=["t"],
-        s3_endpoint="http://127.0.0.1:9",
-        s3_bucket="bucket",
+    settings = offline_settings(
         s3_access_key=SecretStr("access-id"),
         s3_secret_key=SecretStr(SECRET),
         azure_connection_string=SecretStr(f"AccountName=acct;AccountKey={ACCOUNT_KEY}"),
-        azure_container="container",
     )
     assert SECRET in secrets_of(settings)
     register_secrets(secrets_of(settings))

@@ -7,7 +7,6 @@ import pytest
 from confluent_kafka import Consumer
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
 from replicator.config import Settings
 from replicator.pipeline.service import (
@@ -20,6 +19,7 @@ from replicator.pipeline.state import (
     PARTITION_FETCH_BYTES,
     consumer_fetch_config,
 )
+from tests.support.settings import offline_settings
 
 
 @pytest.mark.parametrize(
@@ -68,17 +68,7 @@ def test_librdkafka_takes_the_fetch_settings_for_any_fetch_buffer(kbytes: int) -
 
 
 def test_the_live_consumer_uses_the_fetch_settings() -> None:
-    settings = Settings(
-        kafka_bootstrap="127.0.0.1:9",
-        topics=["t"],
-        s3_endpoint="http://127.0.0.1:9",
-        s3_bucket="bucket",
-        s3_access_key=SecretStr("a"),
-        s3_secret_key=SecretStr("b"),
-        azure_connection_string=SecretStr("AccountName=a;AccountKey=Yw=="),
-        azure_container="container",
-        fetch_buffer_kbytes=4096,
-    )
+    settings = offline_settings(fetch_buffer_kbytes=4096)
     conf = live_consumer_config(settings)
     for name, value in consumer_fetch_config(4096).items():
         assert conf[name] == value, name

@@ -10,10 +10,8 @@ import pytest
 from confluent_kafka import KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
 from replicator.chunking import ChunkRules, CutPlan, PartitionChunker
-from replicator.config import Settings
 from replicator.kafka.deadletter import DeadLetterError, DeadLetterWriter
 from replicator.kafka.progress import ProgressLog
 from replicator.model import TP
@@ -24,6 +22,7 @@ from replicator.pipeline.state import Lane, LaneMode, PartitionState, ServiceSta
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import Store
 from replicator.telemetry.metrics import Metrics
+from tests.support.settings import offline_settings
 
 MIB = 1024 * 1024
 TPS: list[TP] = [("t", 0), ("t", 1)]
@@ -59,18 +58,7 @@ class DeadLetters:
 
 
 def state(lanes: int = 2, max_buffer_bytes: int = 8 * MIB) -> ServiceState:
-    settings = Settings(
-        kafka_bootstrap="127.0.0.1:9",
-        topics=["t"],
-        dead_letter_topic="dlq",
-        s3_endpoint="http://127.0.0.1:9",
-        s3_bucket="bucket",
-        s3_access_key=SecretStr("a"),
-        s3_secret_key=SecretStr("b"),
-        azure_connection_string=SecretStr("AccountName=a;AccountKey=Yw=="),
-        azure_container="container",
-        max_buffer_bytes=max_buffer_bytes,
-    )
+    settings = offline_settings(dead_letter_topic="dlq", max_buffer_bytes=max_buffer_bytes)
     rules = ChunkRules.from_settings(settings)
     made = ServiceState(
         settings=settings,
