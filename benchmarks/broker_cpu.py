@@ -1,6 +1,6 @@
 """Broker CPU per consumed record: the service against a bare consumer on the same topics.
 
-    .venv/bin/python benchmarks/broker_cpu.py [--seconds 30] [--backlog 300000]
+    .venv/bin/python benchmarks/broker_cpu.py [--seconds 30] [--backlog 300000] [--rounds 4]
         [--baseline-src DIR]
 
 A production Kafka is shared: what the service costs the broker matters as much as its own
@@ -41,7 +41,10 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
+from typing import Any
 
 import psutil
 from confluent_kafka import Consumer
@@ -133,9 +136,9 @@ def wait_service_committed(
         time.sleep(POLL_S)
 
 
-def service_settings(settings: Settings, group: str) -> Settings:
+def service_settings(settings: Settings, group: str, overrides: dict[str, Any]) -> Settings:
     return settings.model_copy(
-        update={"group_id": group, "s3_prefix": group, "azure_prefix": group}
+        update={**overrides, "group_id": group, "s3_prefix": group, "azure_prefix": group}
     )
 
 
@@ -149,55 +152,144 @@ def start_at_end(settings: Settings, ends: dict[TP, int]) -> None:
             progress.close()
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A service measured: this checkout's or another's (`source`), with `overrides` of its
+    settings (none by default: the service as shipped)."""
+
+    name: str
+    source: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_variant(text: str) -> Variant:
+    """`NAME:setting=value,setting=value`: this checkout's service with those settings."""
+    name, _, pairs = text.partition(":")
+    overrides: dict[str, Any] = {}
+    for pair in filter(None, pairs.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in Settings.model_fields:
+            raise argparse.ArgumentTypeError(f"not a setting=value: {pair!r}")
+        overrides[key] = value
+    if not name:
+        raise argparse.ArgumentTypeError(f"a variant needs a name: {text!r}")
+    return Variant(name, None, overrides)
+
+
+def phase_order(names: list[str], round_: int) -> list[str]:
+    """The phases of round `round_` (from 0): as given in even rounds, reversed in odd ones.
+    Whichever phase runs later in a round was measured to cost the broker more (by 10 to 30 %
+    at full speed); reversing every other round gives each phase every place in turn, so the
+    median over rounds is not the order's."""
+    return list(names) if round_ % 2 == 0 else list(reversed(names))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--backlog", type=int, default=300_000)
-    parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 2000.0])
+    parser.add_argument("--rates", type=float, nargs="*", default=[50.0, 2000.0])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="rounds of every phase, in alternating order (default 4)",
+    )
+    parser.add_argument(
+        "--no-full-speed", action="store_true", help="only the paced rates, no backlog"
+    )
     parser.add_argument(
         "--baseline-src",
         type=Path,
         default=None,
         help="another checkout whose service runs too (printed as 'before')",
     )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="NAME:SETTING=VALUE,...",
+        help="this checkout's service with some settings changed, measured too "
+        "(an experiment: which part of the service costs the broker what)",
+    )
     args = parser.parse_args()
-    variants: list[tuple[str, Path | None]] = [("service", None)]
+    variants: list[Variant] = [Variant("service")]
     if args.baseline_src is not None:
-        variants.insert(0, ("before", args.baseline_src.resolve()))
+        variants.insert(0, Variant("before", args.baseline_src.resolve()))
+    variants += args.variant
 
-    lines: list[str] = []
     with bench_stack("cpu") as bench:
-        lines = measure(bench, args.seconds, args.backlog, args.rates, variants)
+        lines = measure(
+            bench,
+            args.seconds,
+            None if args.no_full_speed else args.backlog,
+            args.rates,
+            variants,
+            args.rounds,
+        )
     print()
     print(
-        "broker (Tansu) CPU microseconds per consumed record; the producer's own share subtracted"
+        "broker (Tansu) CPU microseconds per consumed record, the median over "
+        f"{args.rounds} rounds, the phases' order reversed every other round (the broker's "
+        "cost per record drifts over a run: a fixed order would charge the drift to "
+        "whichever phase runs last); the producer's own share subtracted at the paced rates; "
+        "'x bare': the service's figures summed over the rounds / the bare consumer's "
+        "[lowest - highest ratio within one round]"
     )
-    names = [name for name, _ in variants]
+    names = [v.name for v in variants]
     print(
-        f"{'rate/s':>10} {'bare':>10} "
-        + " ".join(f"{n:>10}" for n in names)
+        f"{'rate/s':>10} {'bare':>9} "
+        + " ".join(f"{n:>9}" for n in names)
         + " "
-        + " ".join(f"{'x bare (' + n + ')':>18}" for n in names)
+        + " ".join(f"{'x bare (' + n + ')':>26}" for n in names)
     )
     for line in lines:
         print(line)
     print_changed_settings()
+    for variant in variants:
+        if variant.overrides:
+            print(
+                f"variant {variant.name}: "
+                + ", ".join(f"{k}={v}" for k, v in variant.overrides.items())
+                + " (an experiment, not the service as shipped)"
+            )
     print(
         f"full speed: the benchmark reads the service's committed offsets from its /metrics "
         f"every {POLL_S:g} s (HTTP to the service: nothing asked of the broker); 'gross' is "
         "all the broker's CPU over the phase, 'net' that minus the broker's idle rate "
-        f"(measured over {IDLE_S:g} s with no client just before) times the phase's duration"
+        f"(measured over {IDLE_S:g} s with no client at the start of each round) times the "
+        "phase's duration"
+    )
+
+
+def summary(label: str, bare: list[float], per_variant: list[list[float]], note: str) -> str:
+    """One row: median microseconds per record of each, and each variant's ratio to the bare
+    consumer over all rounds (the sum of its figures over the sum of the bare consumer's), with
+    the lowest and highest ratio within one round."""
+    cells: list[str] = []
+    for values in per_variant:
+        ratios = [v / b if b > 0 else float("nan") for v, b in zip(values, bare, strict=True)]
+        pooled = sum(values) / sum(bare) if sum(bare) > 0 else float("nan")
+        cells.append(f"{pooled:.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
+    return (
+        f"{label:>10} {median(bare):9.1f} "
+        + " ".join(f"{median(values):9.1f}" for values in per_variant)
+        + " "
+        + " ".join(f"{cell:>26}" for cell in cells)
+        + f"   ({note})"
     )
 
 
 def measure(
     bench: BenchStack,
     seconds: float,
-    backlog: int,
+    backlog: int | None,
     rates: list[float],
-    variants: list[tuple[str, Path | None]],
+    variants: list[Variant],
+    rounds: int,
 ) -> list[str]:
     settings = bench.settings
     pid = bench.stack.pid("kafka")
@@ -223,121 +315,179 @@ def measure(
         time.sleep(1.0)
         return broker_cpu(broker) - before, done()
 
-    def row(label: str, bare_us: float, svc_us: list[float], note: str) -> str:
-        ratios = [us / bare_us if bare_us > 0 else float("nan") for us in svc_us]
-        return (
-            f"{label:>10} {bare_us:10.1f} "
-            + " ".join(f"{us:10.1f}" for us in svc_us)
-            + " "
-            + " ".join(f"{r:18.2f}" for r in ratios)
-            + f"   ({note})"
-        )
-
-    for rate in rates:
-        base_cpu, _ = paced(rate, None)
+    def paced_bare(rate: float, round_: int) -> tuple[float, int]:
         stop = threading.Event()
         counted = [0]
 
-        def start_bare(
-            r: float = rate, stop: threading.Event = stop, counted: list[int] = counted
-        ) -> Callable[[], int]:
+        def start() -> Callable[[], int]:
             thread = threading.Thread(
-                target=bare_consumer, args=(settings, f"paced-{r}", stop, counted)
+                target=bare_consumer, args=(settings, f"paced-{rate:g}-{round_}", stop, counted)
             )
             thread.start()
             time.sleep(settings.session_timeout_ms / 1000)  # the join
             return lambda: counted[0]
 
-        bare_cpu, bare_n = paced(rate, start_bare)
-        stop.set()
-        bare_us = (bare_cpu - base_cpu) / max(bare_n, 1) * 1e6
-        svc_us: list[float] = []
-        shares: list[str] = []
-        for name, source in variants:
-            group = f"{name}-{rate:g}"
-            svc_settings = service_settings(settings, group)
-            start_at_end(svc_settings, ends)
-            box: list[Service] = []
+        try:
+            return paced(rate, start)
+        finally:
+            stop.set()
 
-            def start_service(
-                r: float = rate,
-                s: Settings = svc_settings,
-                src: Path | None = source,
-                box: list[Service] = box,
-            ) -> Callable[[], int]:
-                svc = Service(s, bench.root, name=s.group_id, source=src).start()
-                box.append(svc)
-                while '"partition_assigned"' not in svc.log_text():
-                    time.sleep(0.1)
-                return lambda: int(r * seconds)
+    def paced_service(rate: float, round_: int, variant: Variant) -> tuple[float, int]:
+        svc_settings = service_settings(
+            settings, f"{variant.name}-{rate:g}-{round_}", variant.overrides
+        )
+        start_at_end(svc_settings, ends)
+        box: list[Service] = []
 
-            svc_cpu, svc_n = paced(rate, start_service)
-            box[0].stop()
-            svc_us.append((svc_cpu - base_cpu) / max(svc_n, 1) * 1e6)
-            shares.append(f"{name} {svc_cpu / seconds * 100:.0f} %")
+        def start() -> Callable[[], int]:
+            svc = Service(
+                svc_settings, bench.root, name=svc_settings.group_id, source=variant.source
+            )
+            box.append(svc.start())
+            while '"partition_assigned"' not in svc.log_text():
+                if not svc.alive():
+                    raise SystemExit(f"service exited:\n{svc.log_text()[-3000:]}")
+                time.sleep(0.1)
+            return lambda: int(rate * seconds)
+
+        try:
+            return paced(rate, start)
+        finally:
+            for svc in box:
+                svc.stop()
+
+    names = ["producer", "bare"] + [v.name for v in variants]
+    by_name = {v.name: v for v in variants}
+    for rate in rates:
+        cpu: dict[str, list[float]] = {name: [] for name in names}
+        us: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(rounds):
+            spent: dict[str, tuple[float, int]] = {}
+            for name in phase_order(names, round_):
+                if name == "producer":
+                    spent[name] = paced(rate, None)
+                elif name == "bare":
+                    spent[name] = paced_bare(rate, round_)
+                else:
+                    spent[name] = paced_service(rate, round_, by_name[name])
+            base = spent["producer"][0]
+            for name, (used, consumed) in spent.items():
+                cpu[name].append(used)
+                if name != "producer":
+                    us[name].append((used - base) / max(consumed, 1) * 1e6)
+            print(
+                f"  {rate:g}/s round {round_ + 1} ({' '.join(phase_order(names, round_))}): "
+                + ", ".join(f"{n} {us[n][-1]:.1f} us" for n in names[1:]),
+                flush=True,
+            )
+        shares = ", ".join(f"{n} {median(cpu[n]) / seconds * 100:.0f} %" for n in names)
         lines.append(
-            row(
+            summary(
                 f"{rate:,.0f}",
-                bare_us,
-                svc_us,
-                f"broker's share of a core: producer alone {base_cpu / seconds * 100:.0f} %, "
-                f"bare {bare_cpu / seconds * 100:.0f} %, " + ", ".join(shares),
+                us["bare"],
+                [us[v.name] for v in variants],
+                f"broker's median share of a core: {shares}",
             )
         )
         print(lines[-1], flush=True)
+    if backlog is not None:
+        lines += full_speed(
+            bench, broker, conf, registry, backlog, variants, rounds, produced, ends
+        )
+    return lines
 
-    # Full speed: a backlog read to its end.
+
+def full_speed(
+    bench: BenchStack,
+    broker: psutil.Process,
+    conf: dict[str, Any],
+    registry: SchemaRegistry,
+    backlog: int,
+    variants: list[Variant],
+    rounds: int,
+    produced: Callable[[dict[TP, int]], None],
+    ends: dict[TP, int],
+) -> list[str]:
+    """A backlog read to its end by each consumer, a new group each time, in rounds."""
+    settings = bench.settings
     report = produce(conf, list(DEMO_TOPICS), backlog, None, 5, 0.0, None, registry)
     produced(report.end_offsets)
     total = sum(ends.values())
-    # The broker alone: its idle CPU per second, charged to nobody below (net figures).
     time.sleep(2.0)  # the producer's last requests served
-    before = broker_cpu(broker)
-    time.sleep(IDLE_S)
-    idle_rate = (broker_cpu(broker) - before) / IDLE_S
-    stop = threading.Event()
-    counted = [0]
-    started = time.monotonic()
-    before = broker_cpu(broker)
-    thread = threading.Thread(target=bare_consumer, args=(settings, "full-bare", stop, counted))
-    thread.start()
-    while counted[0] < total:
-        time.sleep(0.05)
-    bare_cpu = broker_cpu(broker) - before
-    bare_s = time.monotonic() - started
-    stop.set()
-    thread.join()
-    gross: list[float] = []
-    net: list[float] = []
-    times: list[str] = []
-    for name, source in variants:
-        svc_settings = service_settings(settings, f"full-{name}")
-        svc = Service(svc_settings, bench.root, name=f"full-{name}", source=source).start()
+
+    def bare(round_: int) -> tuple[float, float]:
+        stop = threading.Event()
+        counted = [0]
         started = time.monotonic()
         before = broker_cpu(broker)
-        wait_service_committed(svc, svc_settings.stores, ends, 600)
-        spent = broker_cpu(broker) - before
-        took = time.monotonic() - started
-        gross.append(spent / total * 1e6)
-        net.append((spent - idle_rate * took) / total * 1e6)
-        times.append(f"{name} {took:.1f} s")
-        svc.stop()
-    note = (
-        f"{total:,} records; bare {bare_s:.1f} s, "
-        + ", ".join(times)
-        + f"; broker idle {idle_rate * 100:.1f} % of a core"
-    )
-    lines.append(row("full gross", bare_cpu / total * 1e6, gross, note))
-    lines.append(
-        row(
-            "full net",
-            (bare_cpu - idle_rate * bare_s) / total * 1e6,
-            net,
-            "minus the broker's idle rate x each phase's duration",
+        thread = threading.Thread(
+            target=bare_consumer, args=(settings, f"full-bare-{round_}", stop, counted)
         )
-    )
-    print(lines[-2], flush=True)
-    print(lines[-1], flush=True)
+        thread.start()
+        while counted[0] < total:
+            time.sleep(0.05)
+        used = broker_cpu(broker) - before
+        took = time.monotonic() - started
+        stop.set()
+        thread.join()
+        return used, took
+
+    def service(round_: int, variant: Variant) -> tuple[float, float]:
+        svc_settings = service_settings(
+            settings, f"full-{variant.name}-{round_}", variant.overrides
+        )
+        svc = Service(
+            svc_settings, bench.root, name=svc_settings.group_id, source=variant.source
+        ).start()
+        try:
+            started = time.monotonic()
+            before = broker_cpu(broker)
+            wait_service_committed(svc, svc_settings.stores, ends, 600)
+            return broker_cpu(broker) - before, time.monotonic() - started
+        finally:
+            svc.stop()
+
+    names = ["bare"] + [v.name for v in variants]
+    by_name = {v.name: v for v in variants}
+    gross: dict[str, list[float]] = {name: [] for name in names}
+    net: dict[str, list[float]] = {name: [] for name in names}
+    took: dict[str, list[float]] = {name: [] for name in names}
+    idles: list[float] = []
+    for round_ in range(rounds):
+        # The broker alone: its idle CPU per second, charged to nobody (net figures).
+        before = broker_cpu(broker)
+        time.sleep(IDLE_S)
+        idle_rate = (broker_cpu(broker) - before) / IDLE_S
+        idles.append(idle_rate)
+        for name in phase_order(names, round_):
+            used, spent_s = bare(round_) if name == "bare" else service(round_, by_name[name])
+            gross[name].append(used / total * 1e6)
+            net[name].append((used - idle_rate * spent_s) / total * 1e6)
+            took[name].append(spent_s)
+            time.sleep(2.0)  # the last commits and leaves served before the next phase
+        print(
+            f"  full speed round {round_ + 1} ({' '.join(phase_order(names, round_))}): "
+            + ", ".join(f"{n} {net[n][-1]:.2f} us net, {took[n][-1]:.1f} s" for n in names),
+            flush=True,
+        )
+    times = ", ".join(f"{n} {median(took[n]):.1f} s" for n in names)
+    lines = [
+        summary(
+            "full gross",
+            gross["bare"],
+            [gross[v.name] for v in variants],
+            f"{total:,} records; median times {times}; broker idle "
+            f"{median(idles) * 100:.1f} % of a core",
+        ),
+        summary(
+            "full net",
+            net["bare"],
+            [net[v.name] for v in variants],
+            "minus the broker's idle rate x each phase's duration",
+        ),
+    ]
+    for line in lines:
+        print(line, flush=True)
     return lines
 
 
