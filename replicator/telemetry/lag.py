@@ -11,7 +11,8 @@ store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
 - each store's committed offsets (its progress group `<group_id>.<store>`, read with
   `committed()` by a consumer that never subscribes and never commits);
 - the timestamp of the oldest record not yet in each store: the first record at or after the
-  store's committed offset, read by a consumer assigned there (one read per new position:
+  store's committed offset, read by a consumer assigned there, each partition paused once it
+  has answered (one read per new position:
   a position that does not move costs nothing; a partition whose positions move at every
   check is read again every `OLDEST_REFRESH_INTERVALS` checks, and at once when the store
   reaches the end).
@@ -433,12 +434,32 @@ class LagMonitor:
             reader.assign([KafkaTP(t, p, o) for (t, p), o in round_.items()])
             try:
                 pending = dict(round_)
+                paused: set[TP] = set()
                 while pending and time.monotonic() < deadline and not self._stop.is_set():
                     for msg in reader.consume(num_messages=500, timeout=0.1):
                         self._take(msg, pending, empty, now)
+                    paused |= self._pause_answered(reader, round_, pending, paused)
             finally:
+                if paused:  # librdkafka keeps a partition paused through unassign and assign
+                    reader.resume([KafkaTP(*tp) for tp in paused])
                 reader.unassign()
         return empty
+
+    @staticmethod
+    def _pause_answered(
+        reader: Consumer, round_: dict[TP, int], pending: dict[TP, int], paused: set[TP]
+    ) -> set[TP]:
+        """Pause the partitions of this round already answered. Left assigned, each would be
+        fetched again as soon as its record left the queue (queued.min.messages is 1), at
+        every turn until the slowest partition answers: a fetch at a position the broker must
+        look up, for a record nobody wants (on the local broker a round of 12 partitions at
+        depth takes seconds, the answered ones fetched again all along). They are resumed
+        before the unassign: librdkafka keeps a partition paused through unassign and the
+        next assign, where it would never answer again."""
+        answered = [tp for tp in round_ if tp not in pending and tp not in paused]
+        if answered:
+            reader.pause([KafkaTP(*tp) for tp in answered])
+        return set(answered)
 
     def _take(
         self, msg: Message, pending: dict[TP, int], empty: set[tuple[TP, int]], now: float

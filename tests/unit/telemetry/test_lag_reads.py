@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from confluent_kafka import TopicPartition as KafkaTP
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -165,3 +166,98 @@ def test_partitions_are_read_from_metadata_every_refresh_and_after_a_failed_chec
     m._tps = None  # what a failed check does (check_safely): the next check reads again
     assert m._partitions(reader) == [("t", 0), ("t", 1), ("t", 2)]  # type: ignore[arg-type]
     assert reader.requests == 2 + (checks - 1) // OLDEST_REFRESH_INTERVALS
+
+
+class _Record:
+    def __init__(self, tp: tuple[str, int], offset: int) -> None:
+        self.tp, self.at = tp, offset
+
+    def topic(self) -> str:
+        return self.tp[0]
+
+    def partition(self) -> int:
+        return self.tp[1]
+
+    def error(self) -> None:
+        return None
+
+    def offset(self) -> int:
+        return self.at
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1_000 * (self.at + 1)  # CreateTime, in ms: offset + 1 seconds
+
+
+class _FetchingReader:
+    """A consumer assigned at positions, fetching as librdkafka does with
+    queued.min.messages 1: each partition whose first record has arrived (at the turn of
+    `arrivals`, None: never) is fetched again at every later turn unless paused, and that
+    fetch brings its next record. Counts those fetches, and records every pause, which
+    (as in librdkafka) outlives an unassign until resumed."""
+
+    paused_ever: set[tuple[str, int]]
+
+    def __init__(self, arrivals: dict[tuple[str, int], int | None]) -> None:
+        self.arrivals = arrivals
+        self.turn = 0
+        self.next: dict[tuple[str, int], int] = {}
+        self.paused: set[tuple[str, int]] = set()
+        self.paused_ever = set()
+        self.refetches = 0
+
+    def assign(self, tps: list[KafkaTP]) -> None:
+        self.next = {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Record]:
+        out: list[_Record] = []
+        for tp, at in self.next.items():
+            arrival = self.arrivals[tp]
+            if arrival is None or self.turn < arrival or tp in self.paused:
+                continue
+            if self.turn > arrival:
+                self.refetches += 1  # fetched again: a look-up nobody needed
+            out.append(_Record(tp, at))
+            self.next[tp] = at + 1
+        self.turn += 1
+        return out
+
+    def pause(self, tps: list[KafkaTP]) -> None:
+        self.paused |= {(tp.topic, tp.partition) for tp in tps}
+        self.paused_ever |= self.paused
+
+    def resume(self, tps: list[KafkaTP]) -> None:
+        self.paused -= {(tp.topic, tp.partition) for tp in tps}
+
+    def unassign(self) -> None:
+        self.next = {}  # paused partitions stay paused (librdkafka does so)
+
+
+@given(
+    st.dictionaries(
+        st.integers(min_value=0, max_value=11),
+        st.one_of(st.none(), st.integers(min_value=0, max_value=5)),
+        min_size=1,
+    )
+)
+def test_a_partition_that_answered_is_not_fetched_again_while_others_wait(
+    arrivals: dict[int, int | None],
+) -> None:
+    """Partitions answering at any turns (or never, until the read's timeout): each answered
+    one gets the timestamp of its first record at the position, and is paused at once (no
+    fetch after its answer); one that never answers is left to the timeout; none is left
+    paused after the read, and the next read of the same partitions answers again."""
+    m = monitor(None, None, 0.0)
+    m._timeout = 0.02
+    reader = _FetchingReader({("t", p): turn for p, turn in arrivals.items()})
+    wanted = {(("t", p), 10 * p) for p in arrivals}
+    empty = m._read_oldest(reader, wanted, now=0.0)  # type: ignore[arg-type]
+    assert empty == set()
+    answered = {("t", p) for p, turn in arrivals.items() if turn is not None}
+    assert m._oldest == {(tp, 10 * tp[1]): 10 * tp[1] + 1.0 for tp in answered}
+    assert reader.refetches == 0
+    assert reader.paused_ever == answered
+    assert reader.paused == set()
+    m._oldest.clear()
+    reader.turn = 0
+    m._read_oldest(reader, wanted, now=0.0)  # type: ignore[arg-type]
+    assert set(m._oldest) == {(tp, 10 * tp[1]) for tp in answered}
