@@ -432,9 +432,9 @@ class LagMonitor:
             round_ = {tp: offsets.pop(0) for tp, offsets in per_tp.items()}
             per_tp = {tp: offsets for tp, offsets in per_tp.items() if offsets}
             reader.assign([KafkaTP(t, p, o) for (t, p), o in round_.items()])
+            pending = dict(round_)
+            paused: set[TP] = set()
             try:
-                pending = dict(round_)
-                paused: set[TP] = set()
                 while pending and time.monotonic() < deadline and not self._stop.is_set():
                     for msg in reader.consume(num_messages=500, timeout=0.1):
                         self._take(msg, pending, empty, now)
