@@ -26,26 +26,24 @@ from replicator.pipeline.service import Replicator
 from replicator.telemetry.lag import LagMonitor, LagSnapshot, PartitionLag
 from replicator.telemetry.metrics import Metrics
 from replicator.telemetry.server import Probes, start_http
+from tests.support.settings import offline_settings
 
 SECRET = "s3-secret-value-that-must-never-show"  # a test value
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "kafka_bootstrap": "127.0.0.1:9",
-        "topics": ["t"],
-        "dead_letter_topic": "dlq",
-        "s3_endpoint": "http://127.0.0.1:9",
-        "s3_bucket": "bucket",
-        "s3_access_key": SecretStr("access"),
-        "s3_secret_key": SecretStr(SECRET),
-        "azure_connection_string": SecretStr(
-            f"BlobEndpoint=http://127.0.0.1:9/acct;SharedAccessSignature=sig={SECRET}"
-        ),
-        "azure_container": "container",
-    }
-    values.update(overrides)
-    return Settings(**values)
+    """The offline settings with a secret in each store's credentials (never to be shown)."""
+    return offline_settings(
+        **{
+            "dead_letter_topic": "dlq",
+            "s3_access_key": SecretStr("access"),
+            "s3_secret_key": SecretStr(SECRET),
+            "azure_connection_string": SecretStr(
+                f"BlobEndpoint=http://127.0.0.1:9/acct;SharedAccessSignature=sig={SECRET}"
+            ),
+            **overrides,
+        }
+    )
 
 
 def dead_port() -> int:
