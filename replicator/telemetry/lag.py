@@ -83,11 +83,21 @@ OLDEST_REFRESH_INTERVALS = 6
 # (queued.min.messages: one record waiting is enough) and the broker sends the first record
 # batch at the position and no more (a batch larger than max.partition.fetch.bytes is still
 # returned whole, so the first record always arrives).
+#
+# Those thresholds hold for the reader's one queue, which every partition of a round feeds:
+# once one partition's batch waits there (a producer's batch is commonly hundreds of KB),
+# every other partition is "queue full" and its fetch postponed by fetch.queue.backoff.ms,
+# 1 s by default. A round then answered one partition a second, and a check of more than
+# about 10 such partitions ended at its timeout with the rest unknown (lag in seconds then
+# 0, or stale). Measured on the local broker: 12 partitions answered at 1, 2, ... 12 s; with
+# 10 ms, all 12 within 0.2 s, with the same 12 fetches. The reader drains its queue at every
+# turn, so the short backoff adds no fetch.
 OLDEST_READER_FETCH: dict[str, int] = {
     "fetch.wait.max.ms": 100,
     "max.partition.fetch.bytes": 1024,
     "queued.min.messages": 1,
     "queued.max.messages.kbytes": 64,
+    "fetch.queue.backoff.ms": 10,
 }
 
 
