@@ -144,7 +144,9 @@ def _start_and_run(settings: Settings, metrics: Metrics, probes: Probes) -> None
     service = Replicator(settings, stores, registry, metrics)
     service.install_signal_handlers()
     tune_gc()
-    lag = LagMonitor(settings, metrics).start()  # its own thread and Kafka clients
+    # its own thread and Kafka clients; the service's chunkers answer for the stores'
+    # positions in the partitions it owns
+    lag = LagMonitor(settings, metrics, firsts=service.state.firsts).start()
     try:
         probes.attach(service, lag)
         service.run()

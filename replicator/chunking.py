@@ -176,12 +176,22 @@ class PartitionChunker:
     """The open chunk of one partition and the rules that cut it."""
 
     def __init__(
-        self, topic: str, partition: int, rules: ChunkRules, start: int, plan: CutPlan
+        self,
+        topic: str,
+        partition: int,
+        rules: ChunkRules,
+        start: int,
+        plan: CutPlan,
+        firsts: dict[int, float] | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
         self.rules = rules
         self.plan = plan
+        # chunk start -> Unix time of its first record, when that record is kept and has a
+        # timestamp (replicator.telemetry.firsts: the lag monitor's answers for the stores'
+        # positions); None: not noted
+        self.firsts = firsts
         self.open_first = start  # first offset of the open chunk
         self.position = start  # next offset expected
         self._records: list[RawRecord] = []
@@ -271,6 +281,8 @@ class PartitionChunker:
         # Take the offset.
         if not self._has_content():
             self._opened_at = now
+            if record is not None and self.firsts is not None and record.timestamp_ms > 0:
+                self.firsts[self.open_first] = record.timestamp_ms / 1000.0
         if record is not None:
             assert schema_id is not None  # checked on entry
             if not self._records:
@@ -309,6 +321,9 @@ class PartitionChunker:
                 records = self._records
             if self.position == self.open_first:
                 self._opened_at = now
+                firsts = self.firsts
+                if firsts is not None and record.timestamp_ms > 0:
+                    firsts[self.open_first] = record.timestamp_ms / 1000.0
             if not records:
                 self._window = window
             assert schema_id is not None  # checked by `add`

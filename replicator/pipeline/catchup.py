@@ -86,7 +86,9 @@ class CatchUps:
             if pos >= state.chunker.open_first:
                 self.puts.join_live(lane, tp, state.chunker.open_first)
                 continue
-            catchup.chunkers[tp] = PartitionChunker(tp[0], tp[1], self.rules, pos, state.plan)
+            catchup.chunkers[tp] = PartitionChunker(
+                tp[0], tp[1], self.rules, pos, state.plan, self.state.firsts.partition(tp)
+            )
             lane.dispatched[tp] = pos
             added[f"{tp[0]}/{tp[1]}"] = pos
         if not catchup.chunkers:

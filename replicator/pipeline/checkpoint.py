@@ -135,6 +135,10 @@ class Checkpoint:
             self.metrics.store_last_commit.labels(lane.name).set(time.time())
             for (topic, partition), pos in changed.items():
                 self.metrics.replica_committed.labels(lane.name, topic, str(partition)).set(pos)
+        firsts = self.state.firsts
         for tp, state in self.parts.items():
             low = min((ln.positions.get(tp, 0) for ln in self.lanes), default=0)
             state.plan.trim_below(low)
+            # A store's lag is read at its committed offset: keep every chunk start from the
+            # lowest one up.
+            firsts.forget_below(tp, min((ln.committed.get(tp, 0) for ln in self.lanes), default=0))

@@ -128,8 +128,11 @@ class Partitions:
         start = max(pos.values())
         floor = min(pos.values())
         plan = CutPlan()
+        firsts = self.state.firsts.partition(tp)
         state = PartitionState(
-            tp=tp, chunker=PartitionChunker(tp[0], tp[1], self.rules, start, plan), plan=plan
+            tp=tp,
+            chunker=PartitionChunker(tp[0], tp[1], self.rules, start, plan, firsts),
+            plan=plan,
         )
         for lane in self.lanes:
             lane.positions[tp] = pos[lane.name]
@@ -187,7 +190,7 @@ class Partitions:
             ready_lanes.append(lane)
         if max(pos.values()) != start:  # a lane moved past its own objects
             start = max(pos.values())
-            state.chunker = PartitionChunker(tp[0], tp[1], self.rules, start, plan)
+            state.chunker = PartitionChunker(tp[0], tp[1], self.rules, start, plan, firsts)
         for lane in ready_lanes:
             if pos[lane.name] >= start:
                 self.puts.join_live(lane, tp, start)
@@ -259,6 +262,7 @@ class Partitions:
         """Drop revoked partitions from the service's state and from every catch-up."""
         for tp in tps:
             self.parts.pop(tp, None)
+            self.state.firsts.forget(tp)
             for lane in self.lanes:
                 lane.live.discard(tp)
                 lane.conflicted.discard(tp)

@@ -27,6 +27,7 @@ from replicator.model import TP
 from replicator.pipeline.daemonpool import DaemonPool
 from replicator.schemas import SchemaRegistry
 from replicator.stores.base import PutOutcome, Store
+from replicator.telemetry.firsts import FirstRecords
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.pipeline")  # every part logs under the service's name
@@ -197,6 +198,9 @@ class ServiceState:
     dlq_error: str = ""  # why the last flush of the dead-letter producer failed
     consumer: Consumer | None = None
     resolver: SchemaResolver | None = None  # the writer schemas first seen at run time
+    # The first record at or after each chunk start, as the chunkers took it: the lag
+    # monitor's answer for the partitions this replica owns (replicator.telemetry.firsts).
+    firsts: FirstRecords = field(default_factory=FirstRecords)
     max_lane_bytes: int = field(init=False)  # each lane's share of max_buffer_bytes
     # The loop's own store calls (listings, deletes, probes), waited for by `store_call`.
     calls: DaemonPool = field(init=False)

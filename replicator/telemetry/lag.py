@@ -11,8 +11,11 @@ store*. Every `lag_interval_s` the monitor reads, with Kafka clients of its own:
 - each store's committed offsets (its progress group `<group_id>.<store>`, read with
   `committed()` by a consumer that never subscribes and never commits);
 - the timestamp of the oldest record not yet in each store: the first record at or after the
-  store's committed offset, read by a consumer assigned there, each partition paused once it
-  has answered (one read per new position:
+  store's committed offset. For a partition this replica owns, the service itself read that
+  record when it opened the chunk starting there (`replicator.telemetry.firsts`): no request.
+  Otherwise (another replica's partition, a dead letter or a record without a timestamp
+  first, a position from before this replica's run) it is read by a consumer assigned
+  there, each partition paused once it has answered (one read per new position:
   a position that does not move costs nothing; a partition whose positions move at every
   check is read again every `OLDEST_REFRESH_INTERVALS` checks, and at once when the store
   reaches the end).
@@ -58,6 +61,7 @@ from replicator.config import Settings
 from replicator.kafka.progress import ProgressLog
 from replicator.logs import fields
 from replicator.model import TP
+from replicator.telemetry.firsts import FirstRecords
 from replicator.telemetry.metrics import Metrics
 
 log = logging.getLogger("replicator.lag")
@@ -136,11 +140,16 @@ class LagMonitor:
     """
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        firsts: FirstRecords | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._clock = clock
+        self._firsts = firsts  # the service's own answers, for the partitions it owns
         self._timeout = max(1.0, min(10.0, settings.lag_interval_s * 2))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -256,7 +265,8 @@ class LagMonitor:
             for tp, pos in per_store.items()
         }
         read_at = time.monotonic()
-        due = self._reads_due(positions, watermarks, wanted - set(self._oldest), read_at)
+        unknown = self._known_to_service(wanted - set(self._oldest))
+        due = self._reads_due(positions, watermarks, unknown, read_at)
         empty = self._read_oldest(reader, due, self._clock())
         for tp, _offset in due:
             self._read_at[tp] = read_at
@@ -387,6 +397,21 @@ class LagMonitor:
             )
             self._progress[store] = progress
         return progress.committed(tps, timeout=self._timeout)
+
+    def _known_to_service(self, unknown: set[tuple[TP, int]]) -> set[tuple[TP, int]]:
+        """Take from the service the positions it knows (chunk starts of the partitions it
+        owns, whose first record it read); returns those left for the broker."""
+        firsts = self._firsts
+        if firsts is None:
+            return unknown
+        left: set[tuple[TP, int]] = set()
+        for key in unknown:
+            known = firsts.get(*key)
+            if known is None:
+                left.add(key)
+            else:
+                self._oldest[key] = known
+        return left
 
     def _reads_due(
         self,

@@ -652,12 +652,12 @@ def scenarios(draw: st.DrawFn, r: st.SearchStrategy[ChunkRules] = chunk_rules) -
 
 
 def run_with_flushes(
-    s: Scenario, plan: CutPlan, upto: int | None = None
+    s: Scenario, plan: CutPlan, upto: int | None = None, firsts: dict[int, float] | None = None
 ) -> tuple[PartitionChunker, list[Chunk]]:
     """The live run: rules, plus wall-clock cuts whenever one is due: the flush interval, and
     the end of a burst (checked just before the next record arrives, the partition being at
     the end of its log: its high watermark is the next offset)."""
-    c = PartitionChunker(TOPIC, 0, s.rules, s.start, plan)
+    c = PartitionChunker(TOPIC, 0, s.rules, s.start, plan, firsts)
     out: list[Chunk] = []
     timed = list(zip(s.steps, s.times, strict=True))[:upto]
     for i, ((offset, record, schema_id), now) in enumerate(timed):
@@ -675,10 +675,14 @@ def run_with_flushes(
 
 
 def replay(
-    r: ChunkRules, start: int, plan: CutPlan, steps: list[Step]
+    r: ChunkRules,
+    start: int,
+    plan: CutPlan,
+    steps: list[Step],
+    firsts: dict[int, float] | None = None,
 ) -> tuple[PartitionChunker, list[Chunk]]:
     """A replay or a store catching up: same records, no flushes, the plan of cuts made."""
-    c = PartitionChunker(TOPIC, 0, r, start, plan)
+    c = PartitionChunker(TOPIC, 0, r, start, plan, firsts)
     out = feed(c, [s for s in steps if s[0] >= start], now=0.0)
     return c, out
 
@@ -770,6 +774,69 @@ def test_after_the_planned_region_the_rules_resume(
         chunks[len(planned) :],
         follower.open_first,
     )
+
+
+# -- the first record at or after each chunk start (the lag monitor's answers) -------------
+def first_step_at_or_after(steps: list[Step], offset: int) -> Step | None:
+    return next((step for step in steps if step[0] >= offset), None)
+
+
+def check_firsts(steps: list[Step], firsts: dict[int, float], chunks: list[Chunk]) -> None:
+    """Every note is the timestamp of the first record at or after its offset, which is kept
+    (not a dead letter) and has a timestamp; and every chunk whose first offset taken is such
+    a record has its note."""
+    for start, noted in firsts.items():
+        step = first_step_at_or_after(steps, start)
+        assert step is not None and step[1] is not None, f"note at {start}: no kept record"
+        assert step[1].timestamp_ms > 0
+        assert noted == step[1].timestamp_ms / 1000.0
+    for chunk in chunks:
+        step = first_step_at_or_after(steps, chunk.first)
+        assert step is not None and step[0] <= chunk.last  # every cut ends on an offset taken
+        if step[1] is not None and step[1].timestamp_ms > 0:
+            assert chunk.first in firsts, f"chunk {chunk.first}-{chunk.last} not noted"
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios())
+def test_each_chunk_start_notes_the_first_record_at_or_after_it(s: Scenario) -> None:
+    """The live run (rule, flush and end-of-burst cuts) and every replay that follows its
+    plan from any chunk boundary (plan, align and boundary cuts, gaps, dead letters, records
+    without a timestamp) note exactly what the broker would answer for a store committed at
+    that chunk start: the timestamp of the first record at or after it, or nothing."""
+    plan = CutPlan()
+    noted: dict[int, float] = {}
+    live, chunks = run_with_flushes(s, plan, firsts=noted)
+    check_firsts(s.steps, noted, chunks)
+    if live.position > live.open_first:  # the open chunk's start is noted once opened
+        step = first_step_at_or_after(s.steps, live.open_first)
+        assert step is not None
+        assert (live.open_first in noted) == (step[1] is not None and step[1].timestamp_ms > 0)
+    for start in sorted({s.start, *(c.first for c in chunks)}):
+        again: dict[int, float] = {}
+        _, replayed = replay(s.rules, start, plan, s.steps, firsts=again)
+        check_firsts(s.steps, again, replayed)
+        assert {k: v for k, v in noted.items() if k in again} == again  # the same answers
+
+
+def test_a_boundary_cut_notes_the_first_record_past_the_boundary() -> None:
+    """A catching-up store closes its chunks at the live stream's boundary without records
+    (`cut_at_boundary`); the next chunk's note is its first record past the boundary."""
+    noted: dict[int, float] = {}
+    c = PartitionChunker(TOPIC, 0, rules(), 0, CutPlan(), noted)
+    feed(c, good([0, 1], ts=1_000))
+    assert noted == {0: 1.0}
+    assert [x.last for x in c.cut_at_boundary(10)] == [9]
+    feed(c, good([8, 9]))  # below the position: already covered
+    feed(c, [(12, rec(12, ts=3_000), 1)])
+    assert noted == {0: 1.0, 10: 3.0}
+
+
+def test_a_chunk_opened_by_a_dead_letter_notes_nothing() -> None:
+    noted: dict[int, float] = {}
+    c = PartitionChunker(TOPIC, 0, rules(max_records=2), 0, CutPlan(), noted)
+    feed(c, [(0, None, None), (1, rec(1, ts=2_000), 1), (2, rec(2, ts=3_000), 1)])
+    assert noted == {2: 3.0}
 
 
 # -- end of a burst ------------------------------------------------------------------------
