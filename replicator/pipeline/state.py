@@ -38,13 +38,17 @@ log = logging.getLogger("replicator.pipeline")  # every part logs under the serv
 # idle, docs/performance.md). 20 ms keeps the queue fed at the cost of a few more wake-ups.
 FETCH_QUEUE_BACKOFF_MS = 20
 # Each fetch may bring up to this much of one partition (librdkafka's default is 1 MiB).
-# Every fetch request costs the broker a look-up per partition at the position asked: a
-# consumer paced like the service cost the local broker 17 % less CPU per record with 2 MiB
-# (benchmarks/fetch_settings.py; docs/performance.md, "Ninth session"). Larger, within the
-# same fetch.max.bytes, cost throughput: a response then held a few partitions, not all.
-# A response stays within fetch.max.bytes (librdkafka's default, 50 MiB), which the memory
-# bound counts past the queue (fetch_buffer_kbytes).
-PARTITION_FETCH_BYTES = 2 << 20
+# Every fetch request costs the broker a look-up per partition at the position asked, and a
+# consumer that reads as fast as the service (its queue full, fetching as it drains) makes
+# more of them per record than one reading at full speed: at the service's full-speed pace
+# (75,000 records/s) the local broker spent 3.4-3.6 us of CPU per record with 2 MiB, 3.0-3.1
+# with 4 MiB, 2.5 for a bare consumer at full speed (benchmarks/fetch_settings.py; the
+# service itself: 1.79 -> 1.44 x a bare consumer, docs/performance.md, "Eleventh session").
+# 4 MiB x 12 partitions stays within fetch.max.bytes, so a response still holds every
+# partition: with 8 MiB in 16 MiB, it held two and the service lost throughput (ninth
+# session); with 4 MiB it did not. The memory bound counts one response past the queue
+# (fetch_buffer_kbytes) for each consumer.
+PARTITION_FETCH_BYTES = 4 << 20
 FETCH_MAX_BYTES = 52_428_800  # librdkafka's default fetch.max.bytes
 
 
