@@ -14,6 +14,10 @@ record of the log at or after P. A chunk whose first record is a dead letter, or
 timestamp, notes nothing (the monitor then reads the broker, as for a partition another
 replica owns), so a dead letter is aged exactly as the broker would have it.
 
+It holds one entry per chunk start from the lowest store's committed offset up (the
+checkpoint forgets the rest): a few per partition, and during a store's outage one per
+chunk cut since, as the cut plan does.
+
 Written by the service's thread, read by the lag monitor's: a read is two dict look-ups,
 each atomic, and only the writer iterates or removes.
 """
