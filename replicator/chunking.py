@@ -235,6 +235,12 @@ class PartitionChunker:
         self._opened_at = None
         return chunk
 
+    def _note_first(self, record: RawRecord) -> None:
+        """The open chunk's first offset taken is this kept record: note its timestamp under
+        the chunk's start (once a chunk, never per record)."""
+        if self.firsts is not None and record.timestamp_ms > 0:
+            self.firsts[self.open_first] = record.timestamp_ms / 1000.0
+
     # -- input ----------------------------------------------------------------------------
     def add(
         self, offset: int, record: RawRecord | None, schema_id: int | None, now: float
@@ -281,8 +287,8 @@ class PartitionChunker:
         # Take the offset.
         if not self._has_content():
             self._opened_at = now
-            if record is not None and self.firsts is not None and record.timestamp_ms > 0:
-                self.firsts[self.open_first] = record.timestamp_ms / 1000.0
+            if record is not None:
+                self._note_first(record)
         if record is not None:
             assert schema_id is not None  # checked on entry
             if not self._records:
@@ -321,9 +327,7 @@ class PartitionChunker:
                 records = self._records
             if self.position == self.open_first:
                 self._opened_at = now
-                firsts = self.firsts
-                if firsts is not None and record.timestamp_ms > 0:
-                    firsts[self.open_first] = record.timestamp_ms / 1000.0
+                self._note_first(record)
             if not records:
                 self._window = window
             assert schema_id is not None  # checked by `add`
